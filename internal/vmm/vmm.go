@@ -26,6 +26,16 @@ type Spec struct {
 	MemoryMiB  int
 	Disks      []Disk
 	ConsoleLog string // file the serial console is written to
+	Net        []NetIf
+}
+
+// NetIf is one guest network interface.
+type NetIf struct {
+	Mode      string // "user" (VMM's own user-mode stack; QEMU only) or "tap"
+	Tap       string // host tap device name, for "tap"
+	MAC       string // guest MAC address, e.g. 06:00:ac:10:00:02
+	RxRateBps int64  // bytes per second into the guest; 0 = unlimited
+	TxRateBps int64  // bytes per second out of the guest; 0 = unlimited
 }
 
 // Backend starts VMMs of one kind.
@@ -67,6 +77,18 @@ type Instance interface {
 type Pauser interface {
 	Pause(ctx context.Context) error
 	Resume(ctx context.Context) error
+}
+
+// Snapshotter writes a paused guest's memory and device state into dir
+// (disks are the caller's to copy).
+type Snapshotter interface {
+	Snapshot(ctx context.Context, dir string) error
+}
+
+// Restorer is a Backend that can start a VMM from a snapshot directory that
+// an Instance's Snapshot wrote; spec supplies the new VM's paths and sockets.
+type Restorer interface {
+	Restore(ctx context.Context, spec Spec, snapshotDir string) (Instance, error)
 }
 
 // ErrUnavailable is wrapped by Check when a backend cannot run on this host.
