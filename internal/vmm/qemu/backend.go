@@ -78,6 +78,9 @@ func (b *Backend) Name() string { return "qemu" }
 // answer --version. Without /dev/kvm it still works, under TCG. The error
 // wraps vmm.ErrUnavailable and names what to install.
 func (b *Backend) Check(ctx context.Context) error {
+	if err := b.validAccel(); err != nil {
+		return fmt.Errorf("%w: %w", vmm.ErrUnavailable, err)
+	}
 	if _, err := b.Version(ctx); err != nil {
 		return fmt.Errorf("%w: %w (install it: apt-get install %s)", vmm.ErrUnavailable, err, b.aptPackage())
 	}
@@ -85,6 +88,14 @@ func (b *Backend) Check(ctx context.Context) error {
 		return fmt.Errorf("%w: kvm requested but %s cannot be opened read-write or the cpu lacks vmx/svm", vmm.ErrUnavailable, b.kvmDevice)
 	}
 	return nil
+}
+
+func (b *Backend) validAccel() error {
+	switch b.accel {
+	case "", "kvm", "tcg":
+		return nil
+	}
+	return fmt.Errorf("unknown accelerator %q (want kvm or tcg)", b.accel)
 }
 
 func (b *Backend) aptPackage() string {

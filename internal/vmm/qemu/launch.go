@@ -38,6 +38,9 @@ func (b *Backend) launch(ctx context.Context, spec vmm.Spec) (*Instance, error) 
 	if err := validate(spec); err != nil {
 		return nil, fmt.Errorf("launching qemu: %w", err)
 	}
+	if err := b.validAccel(); err != nil {
+		return nil, fmt.Errorf("launching qemu: %w", err)
+	}
 	path, err := exec.LookPath(b.binary)
 	if err != nil {
 		return nil, fmt.Errorf("launching qemu: %w: %w (install it: apt-get install %s)", vmm.ErrUnavailable, err, b.aptPackage())
