@@ -1,0 +1,46 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/smolvm/smolvm/internal/store"
+	"github.com/smolvm/smolvm/internal/supervisor"
+	"github.com/smolvm/smolvm/internal/vmm"
+	"github.com/smolvm/smolvm/internal/vmm/qemu"
+	"github.com/spf13/cobra"
+)
+
+// superviseCmd is the hidden per-VM supervisor that `start` spawns.
+func superviseCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:    "__supervise ID",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			st, err := store.Open(cmd.Context(), filepath.Join(g.dataDir, "smolvm.db"))
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			ready := os.NewFile(3, "ready")
+			return supervisor.Run(cmd.Context(), supervisor.Options{
+				Store: st, ID: args[0], Ready: ready, Logger: log,
+				Backend: func(name string) (vmm.Backend, error) { return backendByName(name, log) },
+			})
+		},
+	}
+}
+
+// backendByName constructs a backend.
+func backendByName(name string, log *slog.Logger) (vmm.Backend, error) {
+	switch name {
+	case "qemu":
+		return qemu.New(qemu.Options{Logger: log}), nil
+	default:
+		return nil, fmt.Errorf("unknown backend %q", name)
+	}
+}

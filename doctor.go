@@ -1,0 +1,81 @@
+package smolvm
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/smolvm/smolvm/internal/image"
+	"golang.org/x/sys/unix"
+)
+
+// Check is one finding of Doctor.
+type Check struct {
+	Name   string `json:"name"`
+	Status string `json:"status"` // "ok", "warn" or "fail"
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// Doctor checks what smolvm needs on this host and says how to fix what is
+// missing. A "fail" means VMs cannot run; a "warn" means something is slow
+// or a feature is unavailable.
+func Doctor(ctx context.Context, opt ...Option) []Check {
+	var out []Check
+	add := func(name, status, detail, fix string) {
+		out = append(out, Check{Name: name, Status: status, Detail: detail, Fix: fix})
+	}
+	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+		f.Close()
+		add("kvm", "ok", "/dev/kvm is usable: hardware virtualisation", "")
+	} else {
+		add("kvm", "warn", fmt.Sprintf("/dev/kvm not usable (%v): VMs run under QEMU software emulation (TCG), 10-50x slower", unwrapPath(err)),
+			"enable virtualisation in the BIOS or nested virtualisation in your cloud, load kvm_intel/kvm_amd, and add your user to the kvm group")
+	}
+	if path, err := exec.LookPath("qemu-system-x86_64"); err == nil {
+		v, _ := exec.CommandContext(ctx, path, "--version").Output()
+		add("qemu", "ok", strings.SplitN(string(v), "\n", 2)[0], "")
+	} else {
+		add("qemu", "fail", "qemu-system-x86_64 not found", "apt-get install qemu-system-x86")
+	}
+	for _, tool := range []struct{ bin, pkg, why string }{
+		{"mkfs.ext4", "e2fsprogs", "building images"},
+		{"resize2fs", "e2fsprogs", "--disk-size"},
+		{"debugfs", "e2fsprogs", "inspecting images"},
+		{"debootstrap", "debootstrap", "building the base image"},
+		{"busybox", "busybox-static", "building the tiny image"},
+	} {
+		if path, err := exec.LookPath(tool.bin); err == nil {
+			add(tool.bin, "ok", path, "")
+		} else {
+			add(tool.bin, "warn", fmt.Sprintf("%s not found: needed for %s", tool.bin, tool.why), "apt-get install "+tool.pkg)
+		}
+	}
+	h, err := openHost(ctx, opt)
+	if err != nil {
+		add("data dir", "fail", err.Error(), "pass --data-dir to a directory you can write")
+		return out
+	}
+	defer h.close()
+	if unix.Access(h.dir, unix.W_OK) == nil {
+		add("data dir", "ok", h.dir+" is writable", "")
+	} else {
+		add("data dir", "fail", h.dir+" is not writable", "pass --data-dir to a directory you can write, or run as root")
+	}
+	k, err := image.FindKernel(ctx, image.KernelOptions{CacheDir: h.path("kernels"), Logger: h.log})
+	if err == nil {
+		add("kernel", "ok", fmt.Sprintf("%s (%s)", k.Path, k.Source), "")
+	} else {
+		add("kernel", "warn", err.Error(), "smolvm fetches the distribution's cloud kernel with apt on first use; or pass --kernel PATH")
+	}
+	return out
+}
+
+func unwrapPath(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}

@@ -1,0 +1,200 @@
+package smolvm
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"syscall"
+	"time"
+
+	"github.com/smolvm/smolvm/internal/agentproto"
+	"github.com/smolvm/smolvm/internal/store"
+	"github.com/smolvm/smolvm/internal/supervisor"
+)
+
+// DefaultMaxOutput bounds what Run collects of each of stdout and stderr
+// when RunOptions gives no writer for it.
+const DefaultMaxOutput = 16 << 20
+
+// RunOptions tune one command.
+type RunOptions struct {
+	Env     map[string]string // added to the VM's environment
+	Dir     string            // working directory in the guest (default /)
+	User    string            // user name, uid or uid:gid (default root)
+	Timeout time.Duration     // kill the command's process group after this long
+	Stdin   io.Reader         // the command's stdin (default: empty)
+	// Stdout and Stderr, when set, receive the output as it is produced
+	// instead of Result collecting it.
+	Stdout, Stderr io.Writer
+	// MaxOutput bounds the bytes Result keeps of each stream (default
+	// DefaultMaxOutput); the rest is read and dropped, and Truncated set.
+	MaxOutput int
+}
+
+// Result is how a command ended.
+type Result struct {
+	ExitCode  int    // 128+n when killed by signal n
+	Signal    string // the signal that killed it, if any
+	TimedOut  bool   // killed because RunOptions.Timeout passed
+	Stdout    []byte
+	Stderr    []byte
+	Truncated bool // output beyond MaxOutput was dropped
+}
+
+// Shell returns the argv that runs script with the guest's /bin/sh.
+func Shell(script string) []string { return []string{"/bin/sh", "-c", script} }
+
+// Run runs argv in the VM and waits for it to end. Several Runs may go on
+// at once, from one process or many. A nonzero exit is not an error: see
+// Result.ExitCode. Cancelling ctx kills the command.
+func (vm *VM) Run(ctx context.Context, argv []string, opts RunOptions) (Result, error) {
+	res, err := vm.run(ctx, argv, opts)
+	if err != nil {
+		return res, fmt.Errorf("running %q in vm %s: %w", argv, vm.id, err)
+	}
+	return res, nil
+}
+
+func (vm *VM) run(ctx context.Context, argv []string, opts RunOptions) (Result, error) {
+	if len(argv) == 0 {
+		return Result{}, fmt.Errorf("%w: empty command", ErrInvalid)
+	}
+	if err := ValidateEnv(opts.Env); err != nil {
+		return Result{}, err
+	}
+	r, err := vm.h.get(ctx, vm.id)
+	if err != nil {
+		return Result{}, err
+	}
+	if r.Status != store.StatusRunning {
+		return Result{}, fmt.Errorf("%w: vm %s is %s, not running", ErrState, vm.id, r.Status)
+	}
+	rec, err := vm.record(r)
+	if err != nil {
+		return Result{}, err
+	}
+	conn, err := supervisor.AgentConn(ctx, r.Dir)
+	if errors.Is(err, supervisor.ErrNotRunning) {
+		r = vm.h.reconcile(ctx, r)
+		return Result{}, fmt.Errorf("%w: vm %s is %s, not running (%v)", ErrState, vm.id, r.Status, err)
+	}
+	if err != nil {
+		return Result{}, err
+	}
+	defer conn.Close()
+	env := maps.Clone(rec.Config.Env)
+	if env == nil {
+		env = map[string]string{}
+	}
+	maps.Copy(env, opts.Env)
+	req := agentproto.ExecRequest{
+		Argv: argv, Env: envList(env), Dir: opts.Dir, User: opts.User,
+		TimeoutMs: opts.Timeout.Milliseconds(), Stdin: opts.Stdin != nil,
+	}
+	if ic := rec.ImageConfig; ic != nil {
+		req.Env = append(append([]string{}, ic.Env...), req.Env...)
+		req.Dir = cmp.Or(req.Dir, ic.WorkingDir)
+		req.User = cmp.Or(req.User, ic.User)
+	}
+	return exchange(ctx, agentproto.NewConn(conn), req, opts)
+}
+
+// exchange runs one exec over an agent stream.
+func exchange(ctx context.Context, c *agentproto.Conn, req agentproto.ExecRequest, opts RunOptions) (Result, error) {
+	if err := c.WriteJSON(agentproto.FrameRequest, agentproto.Request{Op: agentproto.OpExec, Exec: &req}); err != nil {
+		return Result{}, err
+	}
+	var started agentproto.Response
+	if err := c.ReadJSON(agentproto.FrameResponse, &started); err != nil {
+		return Result{}, err
+	}
+	stop := context.AfterFunc(ctx, func() {
+		c.WriteJSON(agentproto.FrameSignal, agentproto.Signal{Signal: int(syscall.SIGKILL)})
+		c.Close()
+	})
+	defer stop()
+	if opts.Stdin != nil {
+		go pumpStdin(c, opts.Stdin)
+	}
+	max := opts.MaxOutput
+	if max <= 0 {
+		max = DefaultMaxOutput
+	}
+	var res Result
+	out := sink{w: opts.Stdout, max: max, truncated: &res.Truncated}
+	errw := sink{w: opts.Stderr, max: max, truncated: &res.Truncated}
+	buf := make([]byte, agentproto.MaxFrame)
+	for {
+		t, p, err := c.ReadFrame(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return res, ctx.Err()
+			}
+			return res, fmt.Errorf("reading output: %w", err)
+		}
+		switch t {
+		case agentproto.FrameStdout:
+			if err := out.write(p); err != nil {
+				return res, fmt.Errorf("writing stdout: %w", err)
+			}
+		case agentproto.FrameStderr:
+			if err := errw.write(p); err != nil {
+				return res, fmt.Errorf("writing stderr: %w", err)
+			}
+		case agentproto.FrameExit:
+			var st agentproto.ExitStatus
+			if err := jsonUnmarshal(p, &st); err != nil {
+				return res, err
+			}
+			res.ExitCode, res.Signal, res.TimedOut = st.Code, st.Signal, st.TimedOut
+			res.Stdout, res.Stderr = out.buf.Bytes(), errw.buf.Bytes()
+			return res, nil
+		case agentproto.FrameError:
+			var e agentproto.Error
+			jsonUnmarshal(p, &e)
+			return res, &e
+		}
+	}
+}
+
+// pumpStdin sends r to the process's stdin, then the end of input.
+func pumpStdin(c *agentproto.Conn, r io.Reader) {
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if c.WriteFrame(agentproto.FrameStdin, buf[:n]) != nil {
+				return
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	c.WriteFrame(agentproto.FrameStdinClose, nil)
+}
+
+// sink sends output to a writer, or keeps up to max bytes of it.
+type sink struct {
+	w         io.Writer
+	buf       bytes.Buffer
+	max       int
+	truncated *bool
+}
+
+func (s *sink) write(p []byte) error {
+	if s.w != nil {
+		_, err := s.w.Write(p)
+		return err
+	}
+	if room := s.max - s.buf.Len(); len(p) > room {
+		p = p[:max(room, 0)]
+		*s.truncated = true
+	}
+	s.buf.Write(p)
+	return nil
+}

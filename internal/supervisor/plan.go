@@ -1,0 +1,26 @@
+package supervisor
+
+import (
+	"time"
+
+	"github.com/smolvm/smolvm/internal/vmm"
+)
+
+// Plan is what a supervisor launches, saved in the VM's row by whoever
+// starts the VM and read by the supervisor.
+type Plan struct {
+	Backend     string        `json:"backend"`
+	VMM         vmm.Spec      `json:"vmm"`
+	BootTimeout time.Duration `json:"boot_timeout"` // how long to wait for the agent's hello
+}
+
+// File names inside a VM's directory.
+const (
+	ControlSocket = "ctl.sock"       // the supervisor's API
+	LogFile       = "supervisor.log" // the supervisor's own log
+	ConsoleFile   = "console.log"    // the guest's serial console
+)
+
+// DefaultBootTimeout bounds the wait for the agent when the plan sets none.
+// Generous, because a TCG guest on a loaded 2-core host boots slowly.
+const DefaultBootTimeout = 120 * time.Second

@@ -1,0 +1,179 @@
+package smolvm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/smolvm/smolvm/internal/agentproto"
+	"github.com/smolvm/smolvm/internal/image"
+	"github.com/smolvm/smolvm/internal/store"
+	"github.com/smolvm/smolvm/internal/supervisor"
+	"github.com/smolvm/smolvm/internal/vmm"
+)
+
+// Start boots the VM and returns once its guest agent is ready. The VM is
+// then owned by its supervisor and outlives the caller.
+func (vm *VM) Start(ctx context.Context) error {
+	if err := vm.start(ctx); err != nil {
+		return fmt.Errorf("starting vm %s: %w", vm.id, err)
+	}
+	return nil
+}
+
+func (vm *VM) start(ctx context.Context) error {
+	h := vm.h
+	var prev store.Status
+	r, err := h.store.UpdateVM(ctx, vm.id, func(v *store.VM) error {
+		switch v.Status {
+		case store.StatusCreated, store.StatusStopped, store.StatusError:
+		default:
+			return fmt.Errorf("%w: it is %s", ErrState, v.Status)
+		}
+		prev = v.Status
+		v.Status, v.Error = store.StatusStarting, ""
+		return nil
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return ErrNotFound
+	}
+	if err != nil {
+		return err
+	}
+	if prev == store.StatusError {
+		prev = store.StatusStopped
+	}
+	if err := vm.launch(ctx, r); err != nil {
+		// Back to where it was, with the reason kept for inspect.
+		h.store.UpdateVM(context.WithoutCancel(ctx), vm.id, func(v *store.VM) error {
+			v.Status, v.Error = prev, err.Error()
+			v.SupervisorPID, v.VMMPID = 0, 0
+			return nil
+		})
+		return err
+	}
+	return nil
+}
+
+// launch writes the VM's launch plan and spawns its supervisor.
+func (vm *VM) launch(ctx context.Context, r store.VM) error {
+	h := vm.h
+	rec, err := vm.record(r)
+	if err != nil {
+		return err
+	}
+	initrd, err := image.BuildInitramfs(ctx, h.path("initramfs"), h.opts.exe, rec.Kernel)
+	if err != nil {
+		return fmt.Errorf("building initramfs: %w", err)
+	}
+	backend := rec.Config.Backend
+	if backend == "" {
+		backend = defaultBackend()
+	}
+	plan := supervisor.Plan{Backend: backend, VMM: vmSpec(r.Dir, rec, initrd)}
+	b, err := json.Marshal(plan)
+	if err != nil {
+		return err
+	}
+	if _, err := h.store.UpdateVM(ctx, vm.id, func(v *store.VM) error {
+		v.Spec, v.Backend = b, backend
+		return nil
+	}); err != nil {
+		return err
+	}
+	os.Remove(filepath.Join(r.Dir, supervisor.ConsoleFile))
+	args := []string{"__supervise", "--data-dir", h.dir, vm.id}
+	_, err = supervisor.Spawn(ctx, h.opts.exe, args, r.Dir)
+	return err
+}
+
+// vmSpec is the VMM's view of the VM.
+func vmSpec(dir string, rec record, initrd string) vmm.Spec {
+	cfg := rec.Config
+	cmdline := []string{
+		agentproto.ParamRoot + "=/dev/vda",
+		agentproto.ParamHostname + "=" + cfg.Name,
+		"quiet",
+	}
+	root := vmm.Disk{Path: rec.Disk}
+	if cfg.DiskMode == DiskShared {
+		root.ReadOnly = true
+		cmdline = append(cmdline, agentproto.ParamRootRO+"=1")
+	}
+	if cfg.BootArgs != "" {
+		cmdline = append(cmdline, cfg.BootArgs)
+	}
+	disks := []vmm.Disk{root}
+	for _, d := range cfg.Drives {
+		disks = append(disks, vmm.Disk{Path: d.Path, ReadOnly: d.ReadOnly})
+	}
+	return vmm.Spec{
+		ID: cfg.Name, Dir: dir, Kernel: rec.Kernel.Path, Initrd: initrd,
+		Cmdline: strings.Join(cmdline, " "), VCPUs: cfg.VCPUs, MemoryMiB: cfg.MemoryMiB,
+		Disks: disks, ConsoleLog: filepath.Join(dir, supervisor.ConsoleFile),
+	}
+}
+
+// Stop shuts the guest down cleanly (escalating to a kill if it does not
+// stop in time) and waits until it has. Stopping a VM that is not running
+// does nothing.
+func (vm *VM) Stop(ctx context.Context) error {
+	r, err := vm.h.get(ctx, vm.id)
+	if err != nil {
+		return err
+	}
+	if r.Status != store.StatusRunning && r.Status != store.StatusStopping {
+		return nil
+	}
+	if err := supervisor.Stop(ctx, r.Dir, false); err != nil && !errors.Is(err, supervisor.ErrNotRunning) {
+		return fmt.Errorf("stopping vm %s: %w", vm.id, err)
+	}
+	return nil
+}
+
+// Delete removes the VM: a running one is killed at once (its disk is being
+// thrown away), then its files and its row go. With RetainDisk its root disk
+// is kept and its path logged.
+func (vm *VM) Delete(ctx context.Context) error {
+	if err := vm.h.remove(ctx, vm.id); err != nil {
+		return fmt.Errorf("deleting vm %s: %w", vm.id, err)
+	}
+	return nil
+}
+
+func (h *host) remove(ctx context.Context, id string) error {
+	r, err := h.get(ctx, id)
+	if err != nil {
+		return err
+	}
+	switch r.Status {
+	case store.StatusRunning, store.StatusStopping, store.StatusStarting:
+		if err := supervisor.Stop(ctx, r.Dir, true); err != nil && !errors.Is(err, supervisor.ErrNotRunning) {
+			return err
+		}
+	}
+	killLeftovers(r)
+	var rec record
+	json.Unmarshal(r.Config, &rec)
+	if rec.Config.RetainDisk && rec.DiskOwned {
+		kept := h.path("retained", id+".ext4")
+		if err := os.MkdirAll(filepath.Dir(kept), 0o755); err != nil {
+			return err
+		}
+		if err := os.Rename(rec.Disk, kept); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("keeping disk: %w", err)
+		}
+		h.log.Info("kept disk", "vm", id, "path", kept)
+	}
+	if err := os.RemoveAll(r.Dir); err != nil {
+		return err
+	}
+	if err := h.store.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	return nil
+}
