@@ -115,7 +115,7 @@ func cleanName(name string) (string, error) {
 
 // whiteout removes dir/name left by lower layers.
 func (l *layerState) whiteout(dir, name string) error {
-	if name == "" || name == "." || strings.HasPrefix(name, ".wh.") {
+	if name == "" || name == "." || name == ".." || strings.HasPrefix(name, whiteoutPrefix) {
 		return fmt.Errorf("%w: bad whiteout name %q", ErrUnsafePath, whiteoutPrefix+name)
 	}
 	if l.seen[path.Join(dir, name)] {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -36,6 +37,10 @@ type dirMeta struct {
 }
 
 func openTree(dir string, log *slog.Logger) (*tree, error) {
+	dir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return nil, fmt.Errorf("opening staging dir: %w", err)
+	}
 	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("opening staging dir %s: %w", dir, err)
@@ -86,8 +91,17 @@ func (t *tree) open(rel string, flags uint64) (int, error) {
 
 // mkdirAll resolves the directory rel inside the root, creating missing
 // components (mode 0755, owned by the caller), and returns an O_PATH
-// descriptor of it. created receives every directory it made.
+// descriptor of it. A dangling symlink on the way gets its target created,
+// inside the root, as a container runtime would. created receives every
+// directory it made.
 func (t *tree) mkdirAll(rel string, created func(string)) (int, error) {
+	return t.mkdirAllDepth(rel, created, 0)
+}
+
+// maxLinkDepth bounds how many dangling symlinks mkdirAll follows.
+const maxLinkDepth = 40
+
+func (t *tree) mkdirAllDepth(rel string, created func(string), depth int) (int, error) {
 	fd, err := t.resolve(rel)
 	if err == nil || !errors.Is(err, unix.ENOENT) {
 		return fd, dirError(rel, err)
@@ -97,16 +111,12 @@ func (t *tree) mkdirAll(rel string, created func(string)) (int, error) {
 		next := path.Join(parent, name)
 		fd, err := t.resolve(next)
 		if errors.Is(err, unix.ENOENT) {
-			pfd, perr := t.resolve(parent)
-			if perr != nil {
-				return -1, dirError(parent, perr)
-			}
-			err = unix.Mkdirat(pfd, name, 0o755)
-			unix.Close(pfd)
-			if err != nil {
+			if err := t.mkdirIn(parent, name, created, depth); err != nil {
 				return -1, fmt.Errorf("creating directory %s: %w", next, err)
 			}
-			created(next)
+			if created != nil {
+				created(next)
+			}
 			fd, err = t.resolve(next)
 		}
 		if err != nil {
@@ -119,6 +129,66 @@ func (t *tree) mkdirAll(rel string, created func(string)) (int, error) {
 		parent = next
 	}
 	return -1, fmt.Errorf("creating directory %s: empty path", rel)
+}
+
+// mkdirIn creates the directory name in parent; when name is a dangling
+// symlink it creates the link's target instead.
+func (t *tree) mkdirIn(parent, name string, created func(string), depth int) error {
+	pfd, err := t.resolve(parent)
+	if err != nil {
+		return dirError(parent, err)
+	}
+	defer unix.Close(pfd)
+	err = unix.Mkdirat(pfd, name, 0o755)
+	if !errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	link, lerr := readlinkAt(pfd, name)
+	if lerr != nil {
+		return err // exists and is no symlink: a file in the way
+	}
+	if depth >= maxLinkDepth {
+		return unix.ELOOP
+	}
+	target := link
+	if !path.IsAbs(link) {
+		here, err := t.physical(pfd)
+		if err != nil {
+			return err
+		}
+		target = path.Join(here, link)
+	}
+	target = path.Clean("/" + target)[1:]
+	if target == "" {
+		return err
+	}
+	fd, err := t.mkdirAllDepth(target, created, depth+1)
+	if err != nil {
+		return err
+	}
+	return unix.Close(fd)
+}
+
+// physical is the path, relative to the root, of the directory open as fd.
+func (t *tree) physical(fd int) (string, error) {
+	p, err := os.Readlink(procPath(fd, ""))
+	if err != nil {
+		return "", err
+	}
+	rel, err := filepath.Rel(t.dir, p)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", fmt.Errorf("%w: directory %s is outside the root", ErrUnsafePath, p)
+	}
+	return filepath.ToSlash(rel), nil
+}
+
+func readlinkAt(dirfd int, name string) (string, error) {
+	buf := make([]byte, 4096)
+	n, err := unix.Readlinkat(dirfd, name, buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
 }
 
 func dirError(rel string, err error) error {
@@ -134,6 +204,9 @@ func dirError(rel string, err error) error {
 // removeAll removes name in the directory dirfd and, if it is a directory,
 // everything below it. It never follows symlinks. A missing name is no error.
 func removeAll(dirfd int, name string) error {
+	if name == "" || name == "." || name == ".." || strings.Contains(name, "/") {
+		return fmt.Errorf("%w: refusing to remove %q", ErrUnsafePath, name)
+	}
 	err := unix.Unlinkat(dirfd, name, 0)
 	if err == nil || errors.Is(err, unix.ENOENT) {
 		return nil
