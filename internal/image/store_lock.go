@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -27,9 +28,21 @@ func (s *Store) lockPath(name string) string {
 // lock takes name's exclusive build lock, waiting (until ctx ends) while
 // another process or goroutine holds it. The lock dies with its holder.
 func (s *Store) lock(ctx context.Context, name string) (unlock func(), err error) {
+	return storeFlock(ctx, s.lockPath(name), "image "+name, s.log)
+}
+
+// tryLock takes name's build lock or fails at once with ErrBusy.
+func (s *Store) tryLock(name string) (unlock func(), err error) {
+	return storeTryFlock(s.lockPath(name), "image "+name)
+}
+
+// storeFlock takes an exclusive flock on path (created if need be), polling
+// until ctx ends while someone else holds it. what names the locked thing
+// in errors and logs.
+func storeFlock(ctx context.Context, path, what string, log *slog.Logger) (unlock func(), err error) {
 	var tick *time.Ticker
 	for {
-		unlock, err := s.tryLock(name)
+		unlock, err := storeTryFlock(path, what)
 		if !errors.Is(err, ErrBusy) {
 			if tick != nil {
 				tick.Stop()
@@ -37,32 +50,32 @@ func (s *Store) lock(ctx context.Context, name string) (unlock func(), err error
 			return unlock, err
 		}
 		if tick == nil {
-			s.log.Info("waiting for another build", "image", name)
+			log.Info("waiting for another build", "what", what)
 			tick = time.NewTicker(storeLockPoll)
 			defer tick.Stop()
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("wait for build of image %s: %w", name, ctx.Err())
+			return nil, fmt.Errorf("wait for %s: %w", what, ctx.Err())
 		case <-tick.C:
 		}
 	}
 }
 
-// tryLock takes name's build lock or fails at once with ErrBusy. Each call
-// opens its own descriptor, so the lock also excludes goroutines of one
-// process.
-func (s *Store) tryLock(name string) (unlock func(), err error) {
-	f, err := os.OpenFile(s.lockPath(name), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o644)
+// storeTryFlock takes an exclusive flock on path or fails at once with
+// ErrBusy. Each call opens its own descriptor, so the lock also excludes
+// goroutines of one process.
+func storeTryFlock(path, what string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("lock image %s: %w", name, err)
+		return nil, fmt.Errorf("lock %s: %w", what, err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("image %s is being built: %w", name, ErrBusy)
+			return nil, fmt.Errorf("%s is being built: %w", what, ErrBusy)
 		}
-		return nil, fmt.Errorf("lock image %s: %w", name, err)
+		return nil, fmt.Errorf("lock %s: %w", what, err)
 	}
 	return func() { f.Close() }, nil
 }
