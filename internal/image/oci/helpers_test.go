@@ -159,11 +159,14 @@ func exists(p string) bool {
 // debugfs runs one read-only debugfs request against an ext4 image.
 func debugfs(t *testing.T, img, request string) string {
 	t.Helper()
-	out, err := exec.Command(requireTool(t, "debugfs"), "-R", request, img).CombinedOutput()
+	var stderr bytes.Buffer
+	cmd := exec.Command(requireTool(t, "debugfs"), "-R", request, img)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("debugfs -R %q %s: %v\n%s", request, img, err, out)
+		t.Fatalf("debugfs -R %q %s: %v\n%s", request, img, err, stderr.String())
 	}
-	return string(out)
+	return string(out) + stderr.String()
 }
 
 // listDir names the entries of dir, for checking nothing was left behind.
