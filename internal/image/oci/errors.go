@@ -10,6 +10,9 @@ var (
 	ErrPlatform = errors.New("no image for platform")
 	// ErrDigest is returned when content does not match the digest naming it.
 	ErrDigest = errors.New("digest mismatch")
+	// ErrAmbiguous is returned when an archive holds several images and
+	// the caller named none.
+	ErrAmbiguous = errors.New("several images")
 	// ErrFormat is returned for input that is not an image of a known kind.
 	ErrFormat = errors.New("unrecognised format")
 )

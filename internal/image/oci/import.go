@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -54,6 +55,11 @@ func (b *Builder) openArchive(abs, tag, dst string) (img v1.Image, source string
 	cleanup = func() {}
 	switch {
 	case names["manifest.json"]:
+		if tag == "" {
+			if err := singleImage(abs); err != nil {
+				return nil, "", nil, err
+			}
+		}
 		var t *name.Tag
 		if tag != "" {
 			parsed, err := name.NewTag(tag)
@@ -81,6 +87,23 @@ func (b *Builder) openArchive(abs, tag, dst string) (img v1.Image, source string
 		return img, "oci-archive", cleanup, nil
 	}
 	return nil, "", nil, fmt.Errorf("%w: neither a docker save tarball (manifest.json) nor an OCI layout (oci-layout, index.json)", ErrFormat)
+}
+
+// singleImage checks that a docker save tarball holds one image, since
+// none was named.
+func singleImage(abs string) error {
+	m, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return os.Open(abs) })
+	if err != nil {
+		return fmt.Errorf("reading docker archive: %w", err)
+	}
+	if len(m) > 1 {
+		var tags []string
+		for _, d := range m {
+			tags = append(tags, d.RepoTags...)
+		}
+		return fmt.Errorf("%w: the tarball holds %d images; name one (tags: %s)", ErrAmbiguous, len(m), strings.Join(tags, ", "))
+	}
+	return nil
 }
 
 // archiveNames lists the top-level regular files of a tarball. Reading a
