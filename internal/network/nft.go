@@ -3,8 +3,8 @@ package network
 import (
 	"cmp"
 	"encoding/binary"
-	"slices"
 	"net/netip"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"

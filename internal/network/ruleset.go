@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The table holds six base chains that only dispatch: every rule in them
+// The table holds seven base chains that only dispatch: every rule in them
 // matches one VM's tap (or one exposed port) and carries that VM's comment.
 // Everything else lives in per-VM regular chains and sets, so one VM's
 // objects are found, replaced and deleted by name without touching another's.
@@ -22,13 +22,18 @@ type baseChain struct {
 }
 
 var (
-	basePre     = baseChain{"pre", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, nftables.ChainPriorityRaw}
-	baseForward = baseChain{"forward", nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter}
+	basePre = baseChain{"pre", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, nftables.ChainPriorityRaw}
+	// Forwarding is checked twice, from the sending VM's side and then the
+	// receiving VM's, in two base chains: an accept ends only the base chain
+	// it happens in, so one chain holding both jumps would let the first
+	// VM chain that accepts skip the other VM's rules.
+	baseFwdFrom = baseChain{"fwd-from-vm", nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter}
+	baseFwdTo   = baseChain{"fwd-to-vm", nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityRef(1)}
 	baseInput   = baseChain{"input", nftables.ChainTypeFilter, nftables.ChainHookInput, nftables.ChainPriorityFilter}
 	baseNATPre  = baseChain{"nat-pre", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest}
 	baseNATOut  = baseChain{"nat-out", nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityNATDest}
 	baseNATPost = baseChain{"nat-post", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource}
-	baseChains  = []baseChain{basePre, baseForward, baseInput, baseNATPre, baseNATOut, baseNATPost}
+	baseChains  = []baseChain{basePre, baseFwdFrom, baseFwdTo, baseInput, baseNATPre, baseNATOut, baseNATPost}
 )
 
 func (m *Manager) chain(name string) *nftables.Chain {
@@ -140,8 +145,8 @@ func (m *Manager) addEgressRules(c *nftables.Conn, st *vmState, cidr, dns *nftab
 func (m *Manager) addBaseRules(c *nftables.Conn, st *vmState) {
 	tap, tag, gw := st.tap, ruleTag(st.id, 0), m.pool.Gateway
 	m.add(c, basePre.name, tag, iif(tap), jump(objName(st.id, chainPre)))
-	m.add(c, baseForward.name, tag, iif(tap), jump(objName(st.id, chainOut)))
-	m.add(c, baseForward.name, tag, oif(tap), jump(objName(st.id, chainIn)))
+	m.add(c, baseFwdFrom.name, tag, iif(tap), jump(objName(st.id, chainOut)))
+	m.add(c, baseFwdTo.name, tag, oif(tap), jump(objName(st.id, chainIn)))
 	m.add(c, baseInput.name, tag, iif(tap), jump(objName(st.id, chainHost)))
 	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
 		m.add(c, baseNATPre.name, tag, iif(tap), matchAddr(offDaddr, gw, false), matchDport(proto, 53), redirectTo(uint16(m.res.port)))
