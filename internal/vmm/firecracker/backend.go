@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -143,5 +145,30 @@ func CheckKVM(dev string) error {
 	if v != kvmAPIVersion {
 		return fmt.Errorf("%s reports KVM API %d, want %d", dev, v, kvmAPIVersion)
 	}
+	if runtime.GOARCH == "amd64" && !cpuHasVirt("/proc/cpuinfo") {
+		return fmt.Errorf("%s opens but the CPU shows no vmx/svm flag: hardware virtualisation is not available here (for a cloud VM, turn on nested virtualisation)", dev)
+	}
 	return nil
+}
+
+// cpuHasVirt reports whether the first "flags" line of the cpuinfo file
+// lists vmx or svm.
+func cpuHasVirt(cpuinfo string) bool {
+	b, err := os.ReadFile(cpuinfo)
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || strings.TrimSpace(k) != "flags" {
+			continue
+		}
+		for _, f := range strings.Fields(v) {
+			if f == "vmx" || f == "svm" {
+				return true
+			}
+		}
+		return false
+	}
+	return false
 }
