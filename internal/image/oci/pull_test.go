@@ -231,3 +231,70 @@ func TestPullBadInput(t *testing.T) {
 		})
 	}
 }
+
+// TestPullCancelled cancels a pull while a layer is being fetched.
+func TestPullCancelled(t *testing.T) {
+	reg := newRegistry(t)
+	base, app := baseLayer(t), appLayer(t)
+	reg.push(t, "app:1", testImage(t, "amd64", appConfig, base, app))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	appDigest := layerDigest(t, app).String()
+	reg.onBlob = func(d string) {
+		if d == appDigest {
+			cancel()
+		}
+	}
+	b, imageDir := testBuilder(t)
+	b.Platform = "linux/amd64"
+	_, err := b.Pull(ctx, reg.ref("app:1"), filepath.Join(imageDir, "x.ext4"))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Pull error = %v, want context.Canceled", err)
+	}
+	if left := listDir(t, imageDir); len(left) != 0 {
+		t.Errorf("left in the image dir: %v", left)
+	}
+	for _, n := range listDir(t, b.LayerDir) {
+		if n != "sha256-"+layerDigest(t, base).Hex {
+			t.Errorf("left in the layer cache: %s", n)
+		}
+	}
+}
+
+// TestPullProgressLines checks the plain progress lines written when the
+// progress writer is not a terminal, and that cached layers are not counted.
+func TestPullProgressLines(t *testing.T) {
+	reg := newRegistry(t)
+	base, app := baseLayer(t), appLayer(t)
+	reg.push(t, "app:1", testImage(t, "amd64", appConfig, base, app))
+	var out strings.Builder
+	b, imageDir := testBuilder(t)
+	b.Platform, b.Progress = "linux/amd64", &out
+	if _, err := b.Pull(context.Background(), reg.ref("app:1"), filepath.Join(imageDir, "x.ext4")); err != nil {
+		t.Fatalf("Pull: %v", err)
+	}
+	size := func(l v1.Layer) int64 {
+		n, err := l.Size()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	want := []string{
+		"pulling " + reg.ref("app:1") + ": " + humanBytes(size(base)+size(app)) + " to fetch",
+		"fetching layer " + short(layerDigest(t, base)) + " (" + humanBytes(size(base)) + ")",
+		"fetched layer " + short(layerDigest(t, base)),
+		"fetching layer " + short(layerDigest(t, app)) + " (" + humanBytes(size(app)) + ")",
+		"fetched layer " + short(layerDigest(t, app)),
+	}
+	if got := strings.Split(strings.TrimSpace(out.String()), "\n"); !slices.Equal(got, want) {
+		t.Errorf("progress lines:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	out.Reset()
+	if _, err := b.Pull(context.Background(), reg.ref("app:1"), filepath.Join(imageDir, "y.ext4")); err != nil {
+		t.Fatalf("second Pull: %v", err)
+	}
+	if out.Len() != 0 {
+		t.Errorf("a pull with every layer cached printed %q, want nothing", out.String())
+	}
+}

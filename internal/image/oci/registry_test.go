@@ -26,6 +26,7 @@ type testRegistry struct {
 	mu       sync.Mutex
 	blobGets map[string]int  // digest -> GET requests
 	corrupt  map[string]bool // digests whose first byte is flipped
+	onBlob   func(digest string)
 }
 
 func newRegistry(t *testing.T) *testRegistry {
@@ -37,8 +38,11 @@ func newRegistry(t *testing.T) *testRegistry {
 			d := path.Base(req.URL.Path)
 			r.mu.Lock()
 			r.blobGets[d]++
-			bad := r.corrupt[d]
+			bad, hook := r.corrupt[d], r.onBlob
 			r.mu.Unlock()
+			if hook != nil {
+				hook(d)
+			}
 			if bad {
 				w = &corruptingWriter{ResponseWriter: w}
 			}
