@@ -93,16 +93,20 @@ func (b *Backend) Name() string { return "firecracker" }
 // read-write and answer the KVM API, and the binaries must be found. The
 // error wraps vmm.ErrUnavailable and says what to fix.
 func (b *Backend) Check(ctx context.Context) error {
+	var problems []string
 	if err := CheckKVM(b.opts.KVMDevice); err != nil {
-		return fmt.Errorf("%w: %w", vmm.ErrUnavailable, err)
+		problems = append(problems, err.Error())
 	}
 	if _, err := b.Binary(); err != nil {
-		return fmt.Errorf("%w: %w", vmm.ErrUnavailable, err)
+		problems = append(problems, err.Error())
 	}
 	if b.opts.UseJailer {
 		if _, err := lookBinary(b.opts.JailerBinary, "jailer"); err != nil {
-			return fmt.Errorf("%w: %w", vmm.ErrUnavailable, err)
+			problems = append(problems, err.Error())
 		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w: %s", vmm.ErrUnavailable, strings.Join(problems, "; "))
 	}
 	return nil
 }
@@ -115,7 +119,7 @@ func (b *Backend) Binary() (string, error) {
 func lookBinary(name, what string) (string, error) {
 	p, err := exec.LookPath(name)
 	if err != nil {
-		return "", fmt.Errorf("%s binary not found (%s): download a release from github.com/firecracker-microvm/firecracker/releases and put %s on PATH or pass its path", what, name, what)
+		return "", fmt.Errorf("%s binary not found (%s): download a Firecracker release (firecracker-microvm/firecracker on GitHub) and put %s on PATH or pass its path", what, name, what)
 	}
 	return p, nil
 }
