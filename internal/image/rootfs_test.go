@@ -313,3 +313,47 @@ func TestRootfsBaseBuild(t *testing.T) {
 	}
 	storeTestNoLeftovers(t, s.Dir(), "base")
 }
+
+// rootfsCancelWriter cancels a build once its progress shows a phase.
+type rootfsCancelWriter struct {
+	phase  string
+	cancel context.CancelFunc
+	buf    bytes.Buffer
+}
+
+func (w *rootfsCancelWriter) Write(b []byte) (int, error) {
+	w.buf.Write(b)
+	if strings.Contains(w.buf.String(), w.phase) {
+		w.cancel()
+	}
+	return len(b), nil
+}
+
+// TestRootfsBaseCancelled interrupts debootstrap while it configures
+// packages in its chroot (with /proc mounted there) and checks that no
+// mount, process or file of the build survives.
+func TestRootfsBaseCancelled(t *testing.T) {
+	if !storeTestGated() {
+		t.Skip("runs debootstrap against the host's Debian mirror; set SMOLVM_VM_TESTS=1")
+	}
+	storeTestNeed(t, "debootstrap", "mkfs.ext4")
+	dir := filepath.Join(t.TempDir(), "images")
+	s := NewStore(dir, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := &rootfsCancelWriter{phase: "configuring packages", cancel: cancel}
+	_, err := s.Ensure(ctx, "base", BuildOptions{Progress: w})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Ensure(base) = %v, want context.Canceled; progress:\n%s", err, w.buf.String())
+	}
+	if mounts, err := storeMountsUnder(dir); err != nil || len(mounts) > 0 {
+		t.Errorf("mounts left under the store: %v (%v)", mounts, err)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/root")
+	for _, link := range procs {
+		if root, err := os.Readlink(link); err == nil && strings.HasPrefix(root, dir) {
+			t.Errorf("process %s still runs chrooted in the build dir", link)
+		}
+	}
+	storeTestNoLeftovers(t, dir)
+}
