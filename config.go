@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -143,13 +142,4 @@ func jsonUnmarshal(b []byte, v any) error {
 		return fmt.Errorf("decoding agent message: %w", err)
 	}
 	return nil
-}
-
-// defaultBackend is the backend used when neither the config nor the
-// environment names one.
-func defaultBackend() string {
-	if b := os.Getenv("SMOLVM_BACKEND"); b != "" {
-		return b
-	}
-	return "qemu"
 }

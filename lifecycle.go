@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/smolvm/smolvm/internal/store"
 	"github.com/smolvm/smolvm/internal/supervisor"
 	"github.com/smolvm/smolvm/internal/vmm"
+	"github.com/smolvm/smolvm/internal/vmm/backends"
 )
 
 // Start boots the VM and returns once its guest agent is ready. The VM is
@@ -70,11 +72,22 @@ func (vm *VM) launch(ctx context.Context, r store.VM) error {
 	if err != nil {
 		return fmt.Errorf("building initramfs: %w", err)
 	}
-	backend := rec.Config.Backend
-	if backend == "" {
-		backend = defaultBackend()
+	be, reason, err := backends.Select(ctx, rec.Config.Backend, os.Getenv, backends.Options{})
+	if err != nil {
+		return err
 	}
-	plan := supervisor.Plan{Backend: backend, VMM: vmSpec(r.Dir, rec, initrd)}
+	backend := be.Name()
+	if reason.Warning != "" && h.opts.progress != nil {
+		fmt.Fprintln(h.opts.progress, "smolvm: warning:", reason.Warning)
+	}
+	spec := vmSpec(r.Dir, rec, initrd)
+	if backend == "firecracker" {
+		// Firecracker boots only an uncompressed ELF kernel.
+		if spec.Kernel, err = h.vmlinux(rec.Kernel); err != nil {
+			return err
+		}
+	}
+	plan := supervisor.Plan{Backend: backend, VMM: spec}
 	b, err := json.Marshal(plan)
 	if err != nil {
 		return err
@@ -89,6 +102,40 @@ func (vm *VM) launch(ctx context.Context, r store.VM) error {
 	args := []string{"__supervise", "--data-dir", h.dir, vm.id}
 	_, err = supervisor.Spawn(ctx, h.opts.exe, args, r.Dir)
 	return err
+}
+
+// vmlinux returns an uncompressed ELF kernel for k, extracting it from the
+// bzImage once and caching it.
+func (h *host) vmlinux(k image.Kernel) (string, error) {
+	if isELF(k.Path) {
+		return k.Path, nil
+	}
+	fi, err := os.Stat(k.Path)
+	if err != nil {
+		return "", err
+	}
+	dst := h.path("kernels", fmt.Sprintf("vmlinux-%s-%d", k.Version, fi.Size()))
+	if _, err := os.Stat(dst); err == nil {
+		return dst, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return "", err
+	}
+	if err := image.ExtractVmlinux(k.Path, dst); err != nil {
+		return "", fmt.Errorf("extracting vmlinux for firecracker: %w", err)
+	}
+	return dst, nil
+}
+
+func isELF(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var magic [4]byte
+	_, err = io.ReadFull(f, magic[:])
+	return err == nil && string(magic[:]) == "\x7fELF"
 }
 
 // vmSpec is the VMM's view of the VM.

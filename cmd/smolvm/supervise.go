@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -9,6 +8,8 @@ import (
 	"github.com/smolvm/smolvm/internal/store"
 	"github.com/smolvm/smolvm/internal/supervisor"
 	"github.com/smolvm/smolvm/internal/vmm"
+	"github.com/smolvm/smolvm/internal/vmm/backends"
+	"github.com/smolvm/smolvm/internal/vmm/firecracker"
 	"github.com/smolvm/smolvm/internal/vmm/qemu"
 	"github.com/spf13/cobra"
 )
@@ -29,18 +30,13 @@ func superviseCmd(g *globals) *cobra.Command {
 			ready := os.NewFile(3, "ready")
 			return supervisor.Run(cmd.Context(), supervisor.Options{
 				Store: st, ID: args[0], Ready: ready, Logger: log,
-				Backend: func(name string) (vmm.Backend, error) { return backendByName(name, log) },
+				Backend: func(name string) (vmm.Backend, error) {
+					return backends.New(name, backends.Options{
+						QEMU:        qemu.Options{Logger: log},
+						Firecracker: firecracker.Options{Logger: log},
+					})
+				},
 			})
 		},
-	}
-}
-
-// backendByName constructs a backend.
-func backendByName(name string, log *slog.Logger) (vmm.Backend, error) {
-	switch name {
-	case "qemu":
-		return qemu.New(qemu.Options{Logger: log}), nil
-	default:
-		return nil, fmt.Errorf("unknown backend %q", name)
 	}
 }
