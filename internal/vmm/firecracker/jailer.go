@@ -18,18 +18,22 @@ func (b *Backend) setupJail(l *layout, id, fcPath string) error {
 	if !jailerID.MatchString(id) {
 		return fmt.Errorf("vm id %q cannot name a jail: want 1-64 letters, digits or dashes", id)
 	}
-	l.jailDir = filepath.Join(b.opts.ChrootBase, filepath.Base(fcPath), id)
-	l.root = filepath.Join(l.jailDir, "root")
-	l.uid, l.gid = b.opts.UID, b.opts.GID
-	if _, err := os.Stat(l.jailDir); err == nil {
-		l.jailDir = "" // not ours: never remove it
-		return fmt.Errorf("jail %s already exists: is vm %s running?", filepath.Join(b.opts.ChrootBase, filepath.Base(fcPath), id), id)
+	jailDir := filepath.Join(b.opts.ChrootBase, filepath.Base(fcPath), id)
+	root := filepath.Join(jailDir, "root")
+	if len(filepath.Join(root, vsockSocket)) > maxSocketPath {
+		return fmt.Errorf("jail root %s is too long for unix socket paths: use a shorter chroot base", root)
 	}
-	if err := os.MkdirAll(l.root, 0o755); err != nil {
+	if _, err := os.Stat(jailDir); err == nil {
+		return fmt.Errorf("jail %s already exists: is vm %s running?", jailDir, id)
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
 		return fmt.Errorf("making jail: %w", err)
 	}
+	// Ours from here on: cleanup removes it.
+	l.jailDir, l.root = jailDir, root
+	l.uid, l.gid = b.opts.UID, b.opts.GID
 	// firecracker, as uid, creates its sockets (and snapshots) in its root.
-	if err := os.Chown(l.root, l.uid, l.gid); err != nil {
+	if err := os.Chown(root, l.uid, l.gid); err != nil {
 		return fmt.Errorf("making jail: %w", err)
 	}
 	return nil
