@@ -41,6 +41,10 @@ type Builder struct {
 	// Progress receives pull progress: a bar with bytes when it is a
 	// terminal, one plain line per layer otherwise; nil means none.
 	Progress io.Writer
+	// rootless makes a build behave as without root even when it has it
+	// (for tests of that path).
+	rootless bool
+
 	// Logger receives warnings (attributes dropped, device nodes skipped)
 	// and debug detail; nil discards.
 	Logger *slog.Logger
@@ -94,15 +98,27 @@ func (b *Builder) stage(ctx context.Context, dst string, fill func(ctx context.C
 	if err != nil {
 		return 0, err
 	}
+	if b.rootless {
+		t.privileged = false
+	}
 	err = fill(ctx, t)
 	if err == nil {
 		err = t.finish()
 	}
+	script := t.deferredScript()
 	if cerr := t.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return 0, err
 	}
-	return makeExt4(ctx, b.logger(), staging, dst, b.headroomMiB())
+	size, err = makeExt4(ctx, b.logger(), staging, dst, b.headroomMiB())
+	if err != nil || script == "" {
+		return size, err
+	}
+	if err := runDebugfs(ctx, dst, script); err != nil {
+		os.Remove(dst)
+		return 0, fmt.Errorf("setting owners and device nodes in the image: %w", err)
+	}
+	return size, nil
 }

@@ -164,6 +164,9 @@ func (l *layerState) opaque(dir string) error {
 // create makes the entry named base in the directory pfd, replacing what a
 // lower layer had there (a directory over a directory merges instead).
 func (l *layerState) create(pfd int, base, rel string, hdr *tar.Header, r io.Reader) error {
+	if err := l.forget(pfd, base); err != nil {
+		return err
+	}
 	if hdr.Typeflag == tar.TypeDir {
 		return l.makeDir(pfd, base, rel, hdr)
 	}
@@ -247,11 +250,15 @@ func (l *layerState) hardLink(pfd int, base, rel string, hdr *tar.Header) error 
 	if err := unix.Linkat(tfd, tbase, pfd, base, 0); err != nil {
 		return fmt.Errorf("hard link to %s: %w", target, err)
 	}
-	return nil
+	if l.privileged {
+		return nil
+	}
+	return l.deferredLink(target, pfd, base)
 }
 
-// mknod creates a device node or fifo. Without privilege device nodes are
-// skipped (reported once); made says whether the node exists.
+// mknod creates a device node or fifo. Without root a device node becomes
+// an empty placeholder file, replaced by the node in the image by debugfs;
+// made says whether the node itself exists.
 func (l *layerState) mknod(pfd int, base, rel string, hdr *tar.Header) (made bool, err error) {
 	mode := tarMode(hdr)
 	switch hdr.Typeflag {
@@ -265,8 +272,11 @@ func (l *layerState) mknod(pfd int, base, rel string, hdr *tar.Header) (made boo
 	dev := int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))
 	err = unix.Mknodat(pfd, base, mode, dev)
 	if errors.Is(err, unix.EPERM) && !l.privileged {
-		l.warnOnce("mknod", "skipping device nodes: creating them needs root", "example", rel)
-		return false, nil
+		if err := writeFile(pfd, base, strings.NewReader("")); err != nil {
+			return false, err
+		}
+		dev := &devNode{mode: mode, major: uint32(hdr.Devmajor), minor: uint32(hdr.Devminor)}
+		return false, l.deferEntry(pfd, base, deferred{uid: hdr.Uid, gid: hdr.Gid, dev: dev})
 	}
 	return err == nil, err
 }

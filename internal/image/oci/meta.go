@@ -22,12 +22,11 @@ var xattrPrefixes = []string{"user.", "trusted.", "security.", "system.posix_acl
 // attributes, in that order: chown clears set-id bits and file capabilities.
 // Symlinks have no mode of their own.
 func (t *tree) setMeta(pfd int, base string, hdr *tar.Header) error {
-	err := unix.Fchownat(pfd, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW)
-	if errors.Is(err, unix.EPERM) && !t.privileged {
-		t.warnOnce("chown", "keeping the caller's ownership: changing owners needs root", "example", base)
-		err = nil
-	}
-	if err != nil {
+	if t.privileged {
+		if err := unix.Fchownat(pfd, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return err
+		}
+	} else if err := t.deferOwner(pfd, base, hdr.Uid, hdr.Gid); err != nil {
 		return err
 	}
 	if hdr.Typeflag != tar.TypeSymlink {

@@ -298,3 +298,48 @@ func TestPullProgressLines(t *testing.T) {
 		t.Errorf("a pull with every layer cached printed %q, want nothing", out.String())
 	}
 }
+
+// TestPullRootless builds as a caller without root would (as root it is
+// forced): owners and device nodes reach the image through debugfs.
+func TestPullRootless(t *testing.T) {
+	reg := newRegistry(t)
+	devs := layerOf(t, dir("dev"),
+		ent{name: "dev/null", typ: tar.TypeChar, mode: 0o666, major: 1, minor: 3},
+		ent{name: "dev/gone", typ: tar.TypeBlock, mode: 0o660, major: 8, minor: 0, gid: 6},
+		ent{name: "dev/sda", typ: tar.TypeBlock, mode: 0o660, major: 8, minor: 0, gid: 6},
+		hardlink("home/app/owned-link", "home/app/owned"))
+	later := layerOf(t, whiteout("dev/gone"), file("home/app/owned", "replaced by root"))
+	reg.push(t, "app:1", testImage(t, "amd64", appConfig, baseLayer(t), appLayer(t), devs, later))
+	b, imageDir := testBuilder(t)
+	b.Platform, b.rootless = "linux/amd64", true
+	dst := filepath.Join(imageDir, "app.ext4")
+	if _, err := b.Pull(context.Background(), reg.ref("app:1"), dst); err != nil {
+		t.Fatalf("Pull: %v", err)
+	}
+	cases := []struct {
+		path string
+		want []string
+	}{
+		{"/", []string{`User:\s+0\s+Group:\s+0`}},
+		{"/home/app", []string{`Mode:\s+0750`, `User:\s+1000\s+Group:\s+1000`}},
+		{"/home/app/owned", []string{`Mode:\s+0644`, `User:\s+0\s+Group:\s+0`}},
+		{"/home/app/owned-link", []string{`Mode:\s+0600`, `User:\s+1000\s+Group:\s+1000`}},
+		{"/dev/null", []string{`Type: character special\s+Mode:\s+0666`, `Device major/minor number: 01:03`}},
+		{"/dev/sda", []string{`Type: block special\s+Mode:\s+0660`, `User:\s+0\s+Group:\s+6`, `Device major/minor number: 08:00`}},
+		{"/dev/gone", []string{`File not found`}},
+	}
+	for _, c := range cases {
+		out := debugfs(t, dst, "stat "+c.path)
+		for _, re := range c.want {
+			if !regexp.MustCompile(re).MatchString(out) {
+				t.Errorf("debugfs stat %s: no match for %q in:\n%s", c.path, re, out)
+			}
+		}
+	}
+	if out, err := exec.Command(requireTool(t, "e2fsck"), "-fn", dst).CombinedOutput(); err != nil {
+		t.Errorf("e2fsck -fn: %v\n%s", err, out)
+	}
+	if left := listDir(t, imageDir); !slices.Equal(left, []string{"app.ext4"}) {
+		t.Errorf("image dir holds %v, want only app.ext4", left)
+	}
+}

@@ -25,8 +25,9 @@ type tree struct {
 	log        *slog.Logger
 	privileged bool // euid 0: chown and device nodes work
 
-	dirs   map[string]dirMeta // final mode and times of directories, applied by finish
-	warned map[string]bool    // warnings already logged once
+	dirs   map[string]dirMeta  // final mode and times of directories, applied by finish
+	later  map[string]deferred // without root: owners and device nodes for debugfs
+	warned map[string]bool     // warnings already logged once
 }
 
 // dirMeta is what a directory entry asks for but can only be applied once
@@ -51,6 +52,7 @@ func openTree(dir string, log *slog.Logger) (*tree, error) {
 		log:        log,
 		privileged: os.Geteuid() == 0,
 		dirs:       map[string]dirMeta{},
+		later:      map[string]deferred{},
 		warned:     map[string]bool{},
 	}, nil
 }
