@@ -245,13 +245,14 @@ func (m *Manager) Close() error {
 func (m *Manager) Pool() Pool { return m.pool }
 
 // flush runs fn to queue one batch and sends it: the kernel applies all of
-// it or none. Each batch has its own connection, so a batch abandoned on
-// error never leaks into the next one.
+// it or none. Each batch has its own connection (reads in fn share it), so
+// a batch abandoned on error never leaks into the next one.
 func (m *Manager) flush(fn func(c *nftables.Conn) error) error {
 	c, err := m.nftConn()
 	if err != nil {
 		return err
 	}
+	defer c.CloseLasting()
 	if err := fn(c); err != nil {
 		return err
 	}
@@ -259,7 +260,7 @@ func (m *Manager) flush(fn func(c *nftables.Conn) error) error {
 }
 
 func (m *Manager) nftConn() (*nftables.Conn, error) {
-	var opts []nftables.ConnOption
+	opts := []nftables.ConnOption{nftables.AsLasting()}
 	if m.ns.set {
 		opts = append(opts, nftables.WithNetNSFd(int(m.ns.handle)))
 	}

@@ -78,6 +78,7 @@ func (m *Manager) sweepTable(owned func(string) bool, orphans map[string]bool) e
 	if err != nil {
 		return err
 	}
+	defer c.CloseLasting()
 	present, err := m.tableVMs(c)
 	if err != nil {
 		return err
