@@ -124,12 +124,14 @@ func (i *Instance) Shutdown(ctx context.Context) error {
 	gctx, cancel := context.WithTimeout(ctx, i.grace)
 	defer cancel()
 	if err := i.api.put(gctx, "/actions", action{ActionType: actionSendCtrlAltDel}); err != nil {
+		// Refused (say, the guest is paused): waiting would not help.
 		i.log.Debug("ctrl-alt-del", "err", err)
-	}
-	select {
-	case <-i.done:
-		return nil
-	case <-gctx.Done():
+	} else {
+		select {
+		case <-i.done:
+			return nil
+		case <-gctx.Done():
+		}
 	}
 	i.stopping.Store(true)
 	if err := i.Kill(); err != nil {
