@@ -343,3 +343,28 @@ func TestPullRootless(t *testing.T) {
 		t.Errorf("image dir holds %v, want only app.ext4", left)
 	}
 }
+
+// TestPullByDigest pulls repo@sha256:... and checks the digest pins the image.
+func TestPullByDigest(t *testing.T) {
+	reg := newRegistry(t)
+	img := testImage(t, "amd64", appConfig, baseLayer(t))
+	reg.push(t, "app:1", img)
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, imageDir := testBuilder(t)
+	b.Platform = "linux/amd64"
+	ref := reg.ref("app@" + d.String())
+	got, err := b.Pull(context.Background(), ref, filepath.Join(imageDir, "x.ext4"))
+	if err != nil {
+		t.Fatalf("Pull %s: %v", ref, err)
+	}
+	if got.Digest != d.String() || got.Source != "oci:"+ref {
+		t.Errorf("Pull returned digest %s source %s, want %s oci:%s", got.Digest, got.Source, d, ref)
+	}
+	other := reg.ref("app@sha256:" + strings.Repeat("0", 64))
+	if _, err := b.Pull(context.Background(), other, filepath.Join(imageDir, "y.ext4")); !errors.Is(err, image.ErrNotFound) {
+		t.Errorf("Pull of an unknown digest = %v, want ErrNotFound", err)
+	}
+}
