@@ -352,3 +352,24 @@ func TestNetNSNeedsJailer(t *testing.T) {
 		t.Errorf("left behind: %v", got)
 	}
 }
+
+// TestShutdownPaused: a paused guest cannot take Ctrl-Alt-Del; firecracker
+// refuses it and Shutdown kills at once instead of waiting out the grace.
+func TestShutdownPaused(t *testing.T) {
+	b, record := fakeBackend(t, fakeConfig{})
+	inst := launch(t, b, fullSpec(t, shortDir(t)))
+	ctx := testCtx(t)
+	if err := inst.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Err(); err != nil {
+		t.Errorf("Err = %v", err)
+	}
+	_, reqs := readRecord(t, record)
+	if last := reqs[len(reqs)-1]; last.Status != 400 || string(last.Body) != `{"action_type":"SendCtrlAltDel"}` {
+		t.Errorf("last request %s %s -> %d, want a refused Ctrl-Alt-Del", last.Path, last.Body, last.Status)
+	}
+}

@@ -33,7 +33,6 @@ type Instance struct {
 	proc *os.Process
 
 	stopping atomic.Bool // Shutdown is killing it: SIGKILL is the expected end
-	failed   atomic.Bool // the launch failed: remove everything made
 
 	done chan struct{}
 	err  error // written once before done is closed
@@ -65,8 +64,8 @@ func (i *Instance) Err() error {
 	}
 }
 
-// exited records firecracker's end and removes its sockets and links; called
-// once, by the goroutine that waited.
+// exited records firecracker's end and removes its sockets and links (a
+// failed launch removes the rest); called once, by the goroutine that waited.
 func (i *Instance) exited(err error) {
 	if err != nil && i.stopping.Load() && killedBySIGKILL(err) {
 		err = nil
@@ -80,7 +79,7 @@ func (i *Instance) exited(err error) {
 	}
 	i.err = err
 	i.api.close()
-	if cerr := i.layout.cleanup(i.failed.Load()); cerr != nil {
+	if cerr := i.layout.cleanup(false); cerr != nil {
 		i.log.Warn("cleaning up", "err", cerr)
 	}
 	i.log.Info("firecracker exited", "pid", i.pid, "err", err)

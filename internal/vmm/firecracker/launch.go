@@ -219,7 +219,6 @@ func (i *Instance) waitAPI(ctx context.Context) error {
 // abort ends a firecracker that did not come up and explains why,
 // preferring firecracker's own last words.
 func (i *Instance) abort(cause error) error {
-	i.failed.Store(true)
 	i.Kill()
 	<-i.done
 	msg := lastLine(filepath.Join(i.spec.Dir, vmmLog))

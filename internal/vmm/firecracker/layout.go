@@ -160,6 +160,8 @@ func (l *layout) cleanup(failed bool) error {
 	if l.jailed() {
 		if !failed {
 			l.saveJailLog()
+		} else {
+			os.Remove(filepath.Join(l.dir, apiLog)) // saved by an earlier cleanup
 		}
 		if err := os.RemoveAll(l.jailDir); err != nil {
 			errs = append(errs, err)

@@ -238,3 +238,28 @@ func readN(c net.Conn, n int) {
 	buf := make([]byte, n)
 	io.ReadFull(c, buf)
 }
+
+// TestJailerFailureLeavesNothing: a launch through the jailer that fails
+// part-way removes the jail and everything in the run directory.
+func TestJailerFailureLeavesNothing(t *testing.T) {
+	base := shortDir(t)
+	b, _ := fakeBackend(t, fakeConfig{faults: "PUT /vsock=400:Invalid vsock path"})
+	b.opts.UseJailer, b.opts.JailerBinary, b.opts.ChrootBase = true, b.opts.Binary, base
+	b.opts.UID, b.opts.GID = os.Getuid(), os.Getgid()
+	dir := shortDir(t)
+	spec := fullSpec(t, dir)
+	_, err := b.Launch(testCtx(t), spec)
+	var apiErr *APIError
+	if !errors.As(err, &apiErr) || apiErr.Fault != "Invalid vsock path" {
+		t.Fatalf("Launch = %v, want the vsock fault", err)
+	}
+	if got := dirNames(t, dir); len(got) != 0 {
+		t.Errorf("run directory holds %v", got)
+	}
+	if _, err := os.Stat(filepath.Join(base, filepath.Base(b.opts.Binary), spec.ID)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("jail left behind: %v", err)
+	}
+	if _, err := os.Stat(spec.Disks[0].Path); err != nil {
+		t.Errorf("disk gone with the jail: %v", err)
+	}
+}
