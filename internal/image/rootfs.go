@@ -15,7 +15,7 @@ import (
 
 // rootfsRecipeVersion changes whenever a recipe changes what it builds, so
 // images built by older code get rebuilt.
-const rootfsRecipeVersion = 1
+const rootfsRecipeVersion = 2
 
 // BuildOptions tune Build and Ensure.
 type BuildOptions struct {

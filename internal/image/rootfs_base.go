@@ -66,7 +66,8 @@ func (r rootfsBase) build(ctx context.Context, in rootfsInputs, dst string, p *p
 }
 
 // rootfsBaseTidy drops apt's caches and gives the tree a neutral identity:
-// each VM gets its own hostname and machine-id at boot.
+// each VM gets its own hostname, machine-id and DNS at boot (debootstrap
+// copied the host's /etc/hostname and /etc/resolv.conf in).
 func rootfsBaseTidy(root string) error {
 	for _, pattern := range []string{
 		"var/cache/apt/archives/*.deb", "var/cache/apt/*.bin",
@@ -83,20 +84,38 @@ func rootfsBaseTidy(root string) error {
 		}
 	}
 	files := map[string]string{
-		"etc/hostname":   "smolvm\n",
-		"etc/machine-id": "",
+		"etc/hostname":    "smolvm\n",
+		"etc/machine-id":  "",
+		"etc/resolv.conf": "",
+		"etc/hosts":       "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n",
+	}
+	// dbus keeps its own copy when installed; empty it too.
+	if _, err := os.Lstat(filepath.Join(root, "var/lib/dbus/machine-id")); err == nil {
+		files["var/lib/dbus/machine-id"] = ""
 	}
 	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
+		if err := rootfsReplaceFile(filepath.Join(root, name), content); err != nil {
 			return err
 		}
 	}
-	// dbus keeps its own copy when installed; empty it too.
-	dbusID := filepath.Join(root, "var/lib/dbus/machine-id")
-	if _, err := os.Lstat(dbusID); err == nil {
-		return os.WriteFile(dbusID, nil, 0o644)
-	}
 	return nil
+}
+
+// rootfsReplaceFile replaces path with a new regular file. It never writes
+// through what is there: a symlink in a guest tree may point at a host file.
+func rootfsReplaceFile(path, content string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(content)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // rootfsDebootstrapProgress turns debootstrap's "I: Verb package" lines

@@ -300,8 +300,13 @@ func TestRootfsBaseBuild(t *testing.T) {
 			t.Errorf("/usr/bin in the base image lacks %q", strings.TrimSpace(want))
 		}
 	}
-	if mid := storeTestDebugfs(t, img.Path, "stat /etc/machine-id"); !strings.Contains(mid, "Size: 0") {
-		t.Errorf("/etc/machine-id is not empty:\n%s", mid)
+	for _, f := range []string{"/etc/machine-id", "/etc/resolv.conf"} {
+		if st := storeTestDebugfs(t, img.Path, "stat "+f); !strings.Contains(st, "Type: regular") || !strings.Contains(st, "Size: 0") {
+			t.Errorf("%s is not an empty file:\n%s", f, st)
+		}
+	}
+	if host := storeTestDebugfs(t, img.Path, "cat /etc/hostname"); !strings.Contains(host, "smolvm") {
+		t.Errorf("/etc/hostname = %q, want smolvm", host)
 	}
 	if debs := storeTestDebugfs(t, img.Path, "ls /var/cache/apt/archives"); strings.Contains(debs, ".deb") {
 		t.Errorf("apt cache not cleaned:\n%s", debs)
@@ -356,4 +361,34 @@ func TestRootfsBaseCancelled(t *testing.T) {
 		}
 	}
 	storeTestNoLeftovers(t, dir)
+}
+
+func TestRootfsBaseTidyDoesNotFollowLinks(t *testing.T) {
+	root := t.TempDir()
+	outside := filepath.Join(t.TempDir(), "host-resolv.conf")
+	kernelTestWrite(t, outside, []byte("nameserver 10.0.0.1\n"))
+	kernelTestWrite(t, filepath.Join(root, "var/cache/apt/archives/bash_5.2_amd64.deb"), []byte("deb"))
+	kernelTestWrite(t, filepath.Join(root, "var/lib/apt/lists/mirror_dists_bookworm_InRelease"), []byte("x"))
+	kernelTestWrite(t, filepath.Join(root, "etc/hostname"), []byte("buildhost\n"))
+	if err := os.Symlink(outside, filepath.Join(root, "etc/resolv.conf")); err != nil {
+		t.Fatal(err)
+	}
+	if err := rootfsBaseTidy(root); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(outside); string(data) != "nameserver 10.0.0.1\n" {
+		t.Errorf("tidying wrote through a symlink to %s: %q", outside, data)
+	}
+	for name, want := range map[string]string{"etc/resolv.conf": "", "etc/hostname": "smolvm\n", "etc/machine-id": ""} {
+		st, err := os.Lstat(filepath.Join(root, name))
+		data, _ := os.ReadFile(filepath.Join(root, name))
+		if err != nil || !st.Mode().IsRegular() || string(data) != want {
+			t.Errorf("%s = %q (%v), want regular file %q", name, data, err, want)
+		}
+	}
+	for _, gone := range []string{"var/cache/apt/archives/bash_5.2_amd64.deb", "var/lib/apt/lists/mirror_dists_bookworm_InRelease"} {
+		if _, err := os.Stat(filepath.Join(root, gone)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s not cleaned", gone)
+		}
+	}
 }
