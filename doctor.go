@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/smolvm/smolvm/internal/image"
+	"github.com/smolvm/smolvm/internal/vmm/backends"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,8 +38,28 @@ func Doctor(ctx context.Context, opt ...Option) []Check {
 	if path, err := exec.LookPath("qemu-system-x86_64"); err == nil {
 		v, _ := exec.CommandContext(ctx, path, "--version").Output()
 		add("qemu", "ok", strings.SplitN(string(v), "\n", 2)[0], "")
-	} else {
-		add("qemu", "fail", "qemu-system-x86_64 not found", "apt-get install qemu-system-x86")
+	}
+	usable := false
+	for _, b := range backends.Report(ctx, os.Getenv, backends.Options{}) {
+		name := "backend " + b.Name
+		switch {
+		case b.Selected:
+			usable = true
+			detail := fmt.Sprintf("selected (%s): %s", b.Accel, b.Why)
+			if b.Warning != "" {
+				add(name, "warn", detail+"; "+b.Warning, b.Install)
+			} else {
+				add(name, "ok", detail, "")
+			}
+		case b.Usable:
+			usable = true
+			add(name, "ok", "usable ("+b.Accel+"), not selected", "")
+		default:
+			add(name, "warn", "unusable: "+b.Problem, b.Install)
+		}
+	}
+	if _, _, err := backends.Select(ctx, "", os.Getenv, backends.Options{}); err != nil || !usable {
+		add("backend", "fail", fmt.Sprintf("no backend can run VMs here: %v", err), "apt-get install qemu-system-x86")
 	}
 	for _, tool := range []struct{ bin, pkg, why string }{
 		{"mkfs.ext4", "e2fsprogs", "building images"},
