@@ -1,0 +1,184 @@
+package agent
+
+import (
+	"encoding/json"
+	"os"
+	"sync"
+	"syscall"
+
+	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
+
+	"github.com/smolvm/smolvm/internal/agentproto"
+)
+
+// execIO holds one process's standard streams: pipes, or a PTY when the
+// request asks for a terminal. The parent's ends are pollable, so closing
+// them unblocks a pending read or write.
+type execIO struct {
+	child [3]*os.File // the child's fds 0, 1, 2 (closed in the parent once it started)
+	outs  []execOut   // what the host receives
+	pty   *os.File    // the PTY master, when TTY
+
+	mu    sync.Mutex // guards stdin
+	stdin *os.File   // the host's stdin goes here; nil when none or closed
+}
+
+// execOut is one output stream and the frame type it is sent as.
+type execOut struct {
+	r     *os.File
+	frame agentproto.FrameType
+}
+
+func newExecIO(req *agentproto.ExecRequest) (*execIO, error) {
+	if req.TTY {
+		return newPTYIO(req)
+	}
+	e := &execIO{}
+	ok := false
+	defer func() {
+		if !ok {
+			e.closeChild()
+			e.closeAll()
+		}
+	}()
+	if req.Stdin {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, err
+		}
+		e.child[0], e.stdin = r, w
+	} else {
+		null, err := os.Open(os.DevNull)
+		if err != nil {
+			return nil, err
+		}
+		e.child[0] = null
+	}
+	for i, frame := range []agentproto.FrameType{agentproto.FrameStdout, agentproto.FrameStderr} {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, err
+		}
+		e.child[1+i] = w
+		e.outs = append(e.outs, execOut{r: r, frame: frame})
+	}
+	ok = true
+	return e, nil
+}
+
+// newPTYIO gives the process a new terminal as stdin, stdout and stderr;
+// everything it prints arrives as FrameStdout.
+func newPTYIO(req *agentproto.ExecRequest) (*execIO, error) {
+	m, tty, err := pty.Open()
+	if err != nil {
+		return nil, err
+	}
+	master, err := pollable(m)
+	if err != nil {
+		tty.Close()
+		return nil, err
+	}
+	if req.Rows > 0 && req.Cols > 0 {
+		pty.Setsize(master, &pty.Winsize{Rows: req.Rows, Cols: req.Cols})
+	}
+	e := &execIO{child: [3]*os.File{tty, tty, tty}, pty: master}
+	e.outs = []execOut{{r: master, frame: agentproto.FrameStdout}}
+	if req.Stdin {
+		e.stdin = master
+	}
+	return e, nil
+}
+
+// childFds returns the child's standard fds for ForkExec.
+func (e *execIO) childFds() []uintptr {
+	return []uintptr{e.child[0].Fd(), e.child[1].Fd(), e.child[2].Fd()}
+}
+
+// sysProcAttr puts the child in its own process group (or, on a PTY, its
+// own session with the terminal as controlling tty).
+func (e *execIO) sysProcAttr(cred *syscall.Credential) *syscall.SysProcAttr {
+	if e.pty != nil {
+		return &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0, Credential: cred}
+	}
+	return &syscall.SysProcAttr{Setpgid: true, Credential: cred}
+}
+
+// closeChild closes the parent's copies of the child's fds.
+func (e *execIO) closeChild() {
+	seen := map[*os.File]bool{}
+	for _, f := range e.child {
+		if f != nil && !seen[f] {
+			seen[f] = true
+			f.Close()
+		}
+	}
+}
+
+func (e *execIO) writeStdin(p []byte) {
+	e.mu.Lock()
+	w := e.stdin
+	e.mu.Unlock()
+	if w != nil {
+		w.Write(p) // an error means the process closed its stdin: drop the data
+	}
+}
+
+// closeStdin ends the process's input: EOF on a pipe, ^D on a terminal.
+func (e *execIO) closeStdin() {
+	e.mu.Lock()
+	w := e.stdin
+	e.stdin = nil
+	e.mu.Unlock()
+	switch {
+	case w == nil:
+	case w == e.pty:
+		w.Write([]byte{4})
+	default:
+		w.Close()
+	}
+}
+
+func (e *execIO) resize(rows, cols uint16) {
+	if e.pty != nil && rows > 0 && cols > 0 {
+		pty.Setsize(e.pty, &pty.Winsize{Rows: rows, Cols: cols})
+	}
+}
+
+// closeOutputs stops reading the process's output.
+func (e *execIO) closeOutputs() {
+	for _, o := range e.outs {
+		o.r.Close()
+	}
+}
+
+// closeAll closes every parent-side fd.
+func (e *execIO) closeAll() {
+	e.mu.Lock()
+	w := e.stdin
+	e.stdin = nil
+	e.mu.Unlock()
+	if w != nil {
+		w.Close()
+	}
+	e.closeOutputs()
+}
+
+// pollable returns f as a non-blocking file in Go's poller, so that Close
+// interrupts a pending Read (pty.Open leaves the master blocking). f is
+// closed.
+func pollable(f *os.File) (*os.File, error) {
+	defer f.Close()
+	fd, err := unix.Dup(int(f.Fd()))
+	if err != nil {
+		return nil, err
+	}
+	unix.CloseOnExec(fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}
+
+func jsonUnmarshal(p []byte, v any) error { return json.Unmarshal(p, v) }
