@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // BenchmarkSetupTeardown measures host-side network setup plus teardown of
@@ -25,31 +26,40 @@ func BenchmarkSetupTeardown(b *testing.B) {
 			b.Fatal(err)
 		}
 		opts.Egress = p
-		b.ResetTimer()
+		var ph phases
 		for i := 0; b.Loop(); i++ {
 			id := fmt.Sprintf("bench-%d", i)
+			ph.start()
 			if _, err := m.Setup(ctx, id, opts); err != nil {
 				b.Fatal(err)
 			}
+			ph.mid()
 			if err := m.Teardown(ctx, id); err != nil {
 				b.Fatal(err)
 			}
+			ph.end()
 		}
+		ph.report(b)
 	})
 	b.Run("subprocess", func(b *testing.B) {
 		tp := newTopo(b)
 		ctx := context.Background()
-		m := tp.manager(ctx) // only for its resolver port and the table skeleton
+		m := tp.manager(ctx) // only for its resolver port
+		var ph phases
 		inNS(b, tp.host, func() {
 			for i := 0; b.Loop(); i++ {
 				id := fmt.Sprintf("bench-%d", i)
-				shellSetup(b, id, m.res.port)
+				ph.start()
+				shellSetup(b, id, m.res.port, i == 0)
+				ph.mid()
 				if i == 0 && !strings.Contains(run(b, "ip", "-n", tp.host, "link"), TapName(id)) {
 					b.Fatal("baseline tap is not in the test namespace")
 				}
 				shellTeardown(b, id)
+				ph.end()
 			}
 		})
+		ph.report(b)
 	})
 }
 
@@ -65,8 +75,24 @@ func sh(b testing.TB, stdin string, args ...string) string {
 	return string(out)
 }
 
-// shellSetup does Setup's kernel steps with ip, tc and one nft batch.
-func shellSetup(b testing.TB, id string, resolverPort int) {
+// phases accumulates setup and teardown time separately.
+type phases struct {
+	t0, t1          time.Time
+	setup, teardown time.Duration
+	n               int
+}
+
+func (p *phases) start() { p.t0 = time.Now() }
+func (p *phases) mid()   { p.t1 = time.Now(); p.setup += p.t1.Sub(p.t0) }
+func (p *phases) end()   { p.teardown += time.Since(p.t1); p.n++ }
+func (p *phases) report(b *testing.B) {
+	b.ReportMetric(float64(p.setup.Microseconds())/float64(p.n)/1000, "setup-ms/op")
+	b.ReportMetric(float64(p.teardown.Microseconds())/float64(p.n)/1000, "teardown-ms/op")
+}
+
+// shellSetup does Setup's kernel steps with ip, tc and one nft batch; like
+// Setup it declares the table and base chains only the first time.
+func shellSetup(b testing.TB, id string, resolverPort int, skeleton bool) {
 	tap, ip := TapName(id), "172.16.0.2"
 	sh(b, "", "ip", "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr")
 	sh(b, "", "ip", "link", "set", "dev", tap, "alias", aliasPrefix+id)
@@ -75,7 +101,9 @@ func shellSetup(b testing.TB, id string, resolverPort int) {
 	sh(b, "", "ip", "route", "add", ip+"/32", "dev", tap, "src", "172.16.0.1", "scope", "link")
 	sh(b, "", "tc", "qdisc", "replace", "dev", tap, "root", "tbf", "rate", "100mbit", "burst", "125000", "latency", "50ms")
 	v, c := "vm-"+id, `comment "smolvm:`+id+`"`
-	script := fmt.Sprintf(`table inet smolvm {
+	script := ""
+	if skeleton {
+		script = `table inet smolvm {
   chain pre { type filter hook prerouting priority raw; policy accept; }
   chain fwd-from-vm { type filter hook forward priority filter; policy accept; }
   chain fwd-to-vm { type filter hook forward priority 1; policy accept; }
@@ -83,6 +111,10 @@ func shellSetup(b testing.TB, id string, resolverPort int) {
   chain nat-pre { type nat hook prerouting priority dstnat; policy accept; }
   chain nat-out { type nat hook output priority -100; policy accept; }
   chain nat-post { type nat hook postrouting priority srcnat; policy accept; }
+}
+`
+	}
+	script += fmt.Sprintf(`table inet smolvm {
   set %[1]s-cidr { type ipv4_addr; flags interval; elements = { 10.0.0.0/8 } }
   set %[1]s-dns { type ipv4_addr; flags timeout; }
   chain %[1]s-pre { meta nfproto ipv6 drop %[2]s; ip saddr != %[3]s drop %[2]s; limit rate over 12500000 bytes/second burst 125000 bytes drop %[2]s; }

@@ -62,9 +62,13 @@ func (m *Manager) add(c *nftables.Conn, chain, tag string, parts ...[]expr.Any) 
 	c.AddRule(&nftables.Rule{Table: m.table, Chain: m.chain(chain), Exprs: rule(parts...), UserData: comment(tag)})
 }
 
-// addVM queues everything the VM needs in the table.
-func (m *Manager) addVM(c *nftables.Conn, st *vmState) error {
-	m.addSkeleton(c)
+// addVM queues everything the VM needs in the table, and the table itself
+// when withSkeleton (re-adding existing base chains costs the kernel an RCU
+// grace period, ~10 ms, so Setup only does it when the table is missing).
+func (m *Manager) addVM(c *nftables.Conn, st *vmState, withSkeleton bool) error {
+	if withSkeleton {
+		m.addSkeleton(c)
+	}
 	cidr, dns := m.vmSets(st.id)
 	if err := c.AddSet(cidr, intervalElements(st.opts.Egress.CIDRs)); err != nil {
 		return fmt.Errorf("add set %s: %w", cidr.Name, err)

@@ -63,13 +63,23 @@ func (m *Manager) setup(ctx context.Context, vmID, tap string, opts VMOptions) (
 	if err := m.setupLink(st); err != nil {
 		return nil, err
 	}
-	if err := m.flush(func(c *nftables.Conn) error { return m.addVM(c, st) }); err != nil {
+	if err := m.addVMRules(st); err != nil {
 		return nil, fmt.Errorf("add nftables rules: %w", err)
 	}
 	m.mu.Lock()
 	m.vms[vmID] = st
 	m.mu.Unlock()
 	return st, nil
+}
+
+// addVMRules adds the VM's nftables objects, with the table skeleton only
+// if it is missing: first without it, and again with it on ENOENT.
+func (m *Manager) addVMRules(st *vmState) error {
+	err := m.flush(func(c *nftables.Conn) error { return m.addVM(c, st, false) })
+	if err == nil || !isNotExist(err) {
+		return err
+	}
+	return m.flush(func(c *nftables.Conn) error { return m.addVM(c, st, true) })
 }
 
 // Teardown removes vmID's network: port proxies, nftables objects, the link
@@ -96,6 +106,11 @@ func (m *Manager) remove(ctx context.Context, vmID string) error {
 			e.stop()
 		}
 	}
+	// Deleting chains and deleting a link each wait for an RCU grace period
+	// in the kernel (~10-15 ms here); the two are independent, so they run
+	// side by side and the waits overlap.
+	linkErr := make(chan error, 1)
+	go func() { linkErr <- m.deleteLink(TapName(vmID)) }()
 	var errs []error
 	err := m.flush(func(c *nftables.Conn) error {
 		_, err := m.delVM(c, map[string]bool{vmID: true})
@@ -104,7 +119,7 @@ func (m *Manager) remove(ctx context.Context, vmID string) error {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("delete nftables objects: %w", err))
 	}
-	errs = append(errs, m.deleteLink(TapName(vmID)))
+	errs = append(errs, <-linkErr)
 	errs = append(errs, m.releaseLeases(ctx, vmID, nil))
 	return errors.Join(errs...)
 }
