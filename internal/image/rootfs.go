@@ -99,6 +99,12 @@ func (s *Store) ensure(ctx context.Context, name string, opts BuildOptions, must
 	}
 	in, err := r.inputs()
 	if err != nil {
+		// The recipe cannot be checked (busybox uninstalled since, say):
+		// an image that exists is still good enough for Ensure.
+		if img, gerr := s.Get(name); gerr == nil && !mustBeRecipe && !opts.Force {
+			s.log.Warn("cannot check image inputs; using it as it is", "image", name, "err", err)
+			return img, nil
+		}
 		return Image{}, fmt.Errorf("image %s: %w", name, err)
 	}
 	if img, ok := s.upToDate(name, in, opts); ok {

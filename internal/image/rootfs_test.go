@@ -392,3 +392,18 @@ func TestRootfsBaseTidyDoesNotFollowLinks(t *testing.T) {
 		}
 	}
 }
+
+func TestRootfsEnsureKeepsImageWhenRecipeBreaks(t *testing.T) {
+	s, built := rootfsTestTiny(t)
+	s.recipes["tiny"] = rootfsTiny{busybox: "/nonexistent/busybox"}
+	got, err := s.Ensure(context.Background(), "tiny", BuildOptions{})
+	if err != nil || got.Digest != built.Digest {
+		t.Fatalf("Ensure with busybox gone = %+v, %v; want the existing image", got, err)
+	}
+	if _, err := s.Build(context.Background(), "tiny", BuildOptions{Force: true}); err == nil || !strings.Contains(err.Error(), "busybox-static") {
+		t.Fatalf("forced Build with busybox gone = %v, want the apt-get hint", err)
+	}
+	if got, err := s.Get("tiny"); err != nil || got.Digest != built.Digest {
+		t.Fatalf("failed rebuild lost the image: %+v, %v", got, err)
+	}
+}

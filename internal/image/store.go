@@ -158,6 +158,9 @@ func (s *Store) Add(ctx context.Context, name string, build BuildFunc) (Image, e
 	if err := ValidateName(name); err != nil {
 		return Image{}, err
 	}
+	if build == nil {
+		return Image{}, fmt.Errorf("add image %s: no build function", name)
+	}
 	if err := s.ensureDir(); err != nil {
 		return Image{}, err
 	}
@@ -227,7 +230,9 @@ func (s *Store) ensureDir() error {
 	return nil
 }
 
-func storeScratchPrefix(name string) string { return ".build-" + name + "-" }
+// storeScratchPrefix starts the names of name's scratch dirs. The "+"
+// cannot occur in a name, so the prefix of "a" never matches "a-b"'s dirs.
+func storeScratchPrefix(name string) string { return ".build-" + name + "+" }
 
 // cleanStale removes scratch dirs an earlier, killed build of name left.
 // The caller holds name's lock, so none of them is in use.

@@ -349,7 +349,8 @@ func TestStoreBusyRemove(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := s.Add(ctx, "img", nil); !errors.Is(err, context.Canceled) {
+	never := func(context.Context, string) (Image, error) { return Image{}, errors.New("ran") }
+	if _, err := s.Add(ctx, "img", never); !errors.Is(err, context.Canceled) {
 		t.Errorf("Add waiting on a held lock with a cancelled ctx = %v, want context.Canceled", err)
 	}
 	unlock()
@@ -386,4 +387,27 @@ func TestStoreConcurrentAddBuildsInTurn(t *testing.T) {
 		t.Error("two builds of one name ran at once")
 	}
 	storeTestNoLeftovers(t, dir, "img")
+}
+
+func TestStoreCleansOnlyItsOwnStaleBuilds(t *testing.T) {
+	storeTestNeed(t, "mkfs.ext4")
+	dir := t.TempDir()
+	s := NewStore(dir, nil)
+	staleA := filepath.Join(dir, storeScratchPrefix("a")+"123")
+	otherAB := filepath.Join(dir, storeScratchPrefix("a-b")+"456")
+	for _, d := range []string{staleA, otherAB} {
+		kernelTestWrite(t, filepath.Join(d, "staging/file"), []byte("x"))
+	}
+	staging := storeTestStaging(t)
+	if _, err := s.Add(context.Background(), "a", func(ctx context.Context, dst string) (Image, error) {
+		return Image{}, MakeExt4(ctx, staging, dst, 0)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(staleA); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale scratch dir of a killed build of a survived: %v", err)
+	}
+	if _, err := os.Stat(otherAB); err != nil {
+		t.Errorf("building a removed image a-b's scratch dir: %v", err)
+	}
 }
