@@ -234,6 +234,34 @@ func (s *Store) ensureDir() error {
 // cannot occur in a name, so the prefix of "a" never matches "a-b"'s dirs.
 func storeScratchPrefix(name string) string { return ".build-" + name + "+" }
 
+// CleanStale removes the scratch dirs of builds that were killed before
+// they could clean up (builds in progress are left alone). Each build also
+// does this for its own name; CleanStale is for a reconcile pass.
+func (s *Store) CleanStale() error {
+	dirs, err := filepath.Glob(filepath.Join(s.dir, ".build-*+*"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, dir := range dirs {
+		name, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(dir), ".build-"), "+")
+		if ValidateName(name) != nil {
+			continue
+		}
+		unlock, err := s.tryLock(name)
+		if errors.Is(err, ErrBusy) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.cleanStale(name)
+		unlock()
+	}
+	return errors.Join(errs...)
+}
+
 // cleanStale removes scratch dirs an earlier, killed build of name left.
 // The caller holds name's lock, so none of them is in use.
 func (s *Store) cleanStale(name string) {

@@ -411,3 +411,42 @@ func TestStoreCleansOnlyItsOwnStaleBuilds(t *testing.T) {
 		t.Errorf("building a removed image a-b's scratch dir: %v", err)
 	}
 }
+
+func TestStoreCleanStale(t *testing.T) {
+	dir := t.TempDir()
+	s := NewStore(dir, nil)
+	dead := filepath.Join(dir, storeScratchPrefix("dead")+"1")
+	live := filepath.Join(dir, storeScratchPrefix("live")+"2")
+	for _, d := range []string{dead, live} {
+		kernelTestWrite(t, filepath.Join(d, "root/etc/passwd"), []byte("root"))
+	}
+	unlock, err := s.tryLock("live") // a build in progress
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if err := s.CleanStale(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dead); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale build dir survived: %v", err)
+	}
+	if _, err := os.Stat(live); err != nil {
+		t.Errorf("a running build's dir was removed: %v", err)
+	}
+}
+
+// BenchmarkBuildTiny measures a full (forced) build of the tiny image.
+func BenchmarkBuildTiny(b *testing.B) {
+	for _, p := range []string{"/bin/busybox", "/usr/sbin/mkfs.ext4"} {
+		if _, err := os.Stat(p); err != nil {
+			b.Skipf("%s missing", p)
+		}
+	}
+	s := NewStore(b.TempDir(), nil)
+	for b.Loop() {
+		if _, err := s.Build(context.Background(), "tiny", BuildOptions{Force: true}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
