@@ -357,3 +357,45 @@ func TestKernelFetchApt(t *testing.T) {
 		t.Errorf("after the fetch, kernelFind = %+v, %v; want the cached kernel", again, err)
 	}
 }
+
+// TestKernelFetchCancelled stops a fetch once apt has written part of the
+// package: the cache must hold no partial kernel and no temp dir.
+func TestKernelFetchCancelled(t *testing.T) {
+	if !storeTestGated() {
+		t.Skip("starts a kernel download from the host's Debian mirror; set SMOLVM_VM_TESTS=1")
+	}
+	storeTestNeed(t, "apt-get", "apt-cache", "dpkg-deb")
+	cache := filepath.Join(t.TempDir(), "kernels")
+	empty := kernelTestTree{root: t.TempDir(), rel: "0.0.0-none"}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sawBytes := make(chan int64, 1)
+	go func() { // cancel as soon as download bytes land in the temp dir
+		for ctx.Err() == nil {
+			dirs, _ := filepath.Glob(filepath.Join(cache, ".fetch-*", "deb"))
+			for _, d := range dirs {
+				if n := kernelDirBytes(d); n > 0 {
+					sawBytes <- n
+					cancel()
+					return
+				}
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	k, err := kernelFind(ctx, KernelOptions{CacheDir: cache, AllowFetch: true}, empty.host())
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("kernelFind = %+v, %v; want context.Canceled", k, err)
+	}
+	select {
+	case n := <-sawBytes:
+		t.Logf("cancelled after %d bytes had arrived", n)
+	default:
+		t.Fatal("the fetch was cancelled before any download started")
+	}
+	for _, e := range storeTestEntries(t, cache) {
+		if e != ".fetch.lock" {
+			t.Errorf("cancelled fetch left %s in the cache", e)
+		}
+	}
+}
