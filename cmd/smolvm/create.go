@@ -112,14 +112,22 @@ func runCmd(g *globals) *cobra.Command {
 	var f createFlags
 	var e execFlags
 	cmd := &cobra.Command{
-		Use:   "run [flags] -- CMD [ARG...]",
+		Use:   "run [flags] [-- CMD [ARG...]]",
 		Short: "Run a command in a fresh VM, print its output, exit with its code, and delete the VM",
+		Long: `Run a command in a fresh VM, print its output, exit with its code, and delete the VM.
+--image may be an OCI image reference, pulled on first use; with no command
+the image's Entrypoint and Cmd run, and a command replaces both.`,
 		Example: `  smolvm run -- python3 -c 'print("hello from a microVM")'
   smolvm run --image tiny -- uname -a
+  smolvm run --image python:3.12-slim -- python3 -V
   echo hi | smolvm run -i --image tiny -- cat`,
-		Args: cobra.MinimumNArgs(1),
+		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, argv []string) error {
 			cfg, err := f.config()
+			if err != nil {
+				return err
+			}
+			cfg, argv, err = resolveRunImage(cmd.Context(), g, cfg, argv)
 			if err != nil {
 				return err
 			}
