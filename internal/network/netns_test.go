@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -125,6 +126,24 @@ func TestIsolation(t *testing.T) {
 	wantBlocked(t, a.ns, a.att.Gateway.String()+":7000")    // VM to the gateway, not DNS
 	wantHTTP(t, tp.host, a.att.GuestIP.String()+":9000")    // the host itself may reach the guest
 	wantBlocked(t, tp.inet, a.att.GuestIP.String()+":9000") // the outside may not (no route anyway)
+
+	// A spoofed source address is dropped before anything else. The routes
+	// make the spoofed connection work if the packets got through.
+	run(t, "ip", "-n", a.ns, "addr", "add", "172.16.0.99/32", "dev", "eth0")
+	run(t, "ip", "-n", tp.inet, "route", "add", "172.16.0.0/24", "via", "10.99.0.1")
+	run(t, "ip", "-n", tp.host, "route", "add", "172.16.0.99/32", "dev", a.att.Tap)
+	var err error
+	inNS(t, a.ns, func() {
+		d := net.Dialer{Timeout: 1500 * time.Millisecond, LocalAddr: &net.TCPAddr{IP: net.ParseIP("172.16.0.99")}}
+		var c net.Conn
+		if c, err = d.Dial("tcp", webAllow+":80"); err == nil {
+			c.Close()
+		}
+	})
+	if err == nil {
+		t.Fatal("connection from a spoofed source address succeeded")
+	}
+	wantHTTP(t, a.ns, webAllow+":80") // the real address still works
 }
 
 func TestIsolationOptIn(t *testing.T) {

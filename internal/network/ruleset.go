@@ -187,8 +187,8 @@ type taggedRule struct {
 	port int
 }
 
-// listTagged returns every tagged rule of the base chains; a missing table
-// yields errNoTable.
+// listTagged returns every tagged rule of the base chains; missing chains
+// (or table) hold none.
 func (m *Manager) listTagged(c *nftables.Conn) ([]taggedRule, error) {
 	var out []taggedRule
 	for _, b := range baseChains {
