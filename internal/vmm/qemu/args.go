@@ -39,7 +39,7 @@ var (
 	}
 	machineARM64 = machine{
 		binary:  "qemu-system-aarch64",
-		machine: "virt",
+		machine: "virt,gic-version=max",
 		console: "ttyAMA0",
 	}
 )

@@ -85,7 +85,7 @@ func TestArgs(t *testing.T) {
 		name: "arm64 virt",
 		spec: func(s vmm.Spec) vmm.Spec { return s },
 		cfg:  launchConfig{machine: machineARM64, accel: "tcg"},
-		want: "-M virt -accel tcg -cpu max -m 256 -smp 2 " +
+		want: "-M virt,gic-version=max -accel tcg -cpu max -m 256 -smp 2 " +
 			"-nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz " +
 			"-append console=ttyAMA0 panic=-1 reboot=t -serial null " + channelsTail,
 	}}

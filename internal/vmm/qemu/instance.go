@@ -2,12 +2,14 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/smolvm/smolvm/internal/vmm"
 )
@@ -28,6 +30,10 @@ type Instance struct {
 
 	done chan struct{}
 	err  error // written once before done is closed
+
+	eventsDone chan struct{} // closed when the monitor's events are all read
+	mu         sync.Mutex    // guards reason
+	reason     string        // from the last SHUTDOWN event
 }
 
 var (
@@ -158,9 +164,34 @@ func (i *Instance) Execute(ctx context.Context, cmd string, args, out any) error
 // Version is the QEMU version the monitor announced ("7.2.22").
 func (i *Instance) Version() string { return i.qmp.version }
 
-// logEvents logs QMP events until the monitor connection ends.
+// ShutdownReason is why QEMU's guest stopped, from the monitor's last
+// SHUTDOWN event: "guest-shutdown" (the guest powered off), "guest-reset"
+// (it rebooted or crashed: panic=-1 reboot=t and -no-reboot turn a guest
+// kernel panic into a reset and QEMU's exit), "guest-panic", "host-qmp-quit"
+// (Shutdown), or "" when QEMU exited without one (killed). Final once Done
+// is closed.
+func (i *Instance) ShutdownReason() string {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.reason
+}
+
+// logEvents logs QMP events and records the shutdown reason until the
+// monitor connection ends.
 func (i *Instance) logEvents() {
+	defer close(i.eventsDone)
 	for ev := range i.qmp.Events() {
 		i.log.Info("qmp event", "event", ev.Name, "data", string(ev.Data))
+		if ev.Name != "SHUTDOWN" {
+			continue
+		}
+		var d struct {
+			Reason string `json:"reason"`
+		}
+		if json.Unmarshal(ev.Data, &d) == nil {
+			i.mu.Lock()
+			i.reason = d.Reason
+			i.mu.Unlock()
+		}
 	}
 }

@@ -98,6 +98,8 @@ func (b *Backend) start(ctx context.Context, path string, spec vmm.Spec, cfg lau
 		agentPath: filepath.Join(spec.Dir, agentSocket),
 		log:       b.log.With("vm", spec.ID, "vmm", "qemu"),
 		done:      make(chan struct{}),
+
+		eventsDone: make(chan struct{}),
 	}
 	if err := inst.run(cmd); err != nil {
 		return nil, fmt.Errorf("launching qemu: starting %s: %w", path, err)
@@ -141,13 +143,14 @@ func connectQMP(ctx context.Context, path string, exited <-chan struct{}) (*qmpC
 // QEMU's own last words over the monitor error. QEMU writes its error
 // before it exits and its sockets close, so the log is complete here.
 func (i *Instance) abortStart(ctx context.Context, cause error, logPath string) error {
-	i.Kill() // a no-op when QEMU already exited
+	close(i.eventsDone) // no monitor, no events
+	i.Kill()            // a no-op when QEMU already exited
 	<-i.done
-	if msg := lastError(logPath); msg != "" {
-		return fmt.Errorf("qemu: %s", msg)
-	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("launching qemu: %w", ctx.Err())
+	}
+	if msg := lastError(logPath); msg != "" {
+		return fmt.Errorf("qemu: %s", msg)
 	}
 	return fmt.Errorf("launching qemu: %w", cause)
 }
@@ -169,6 +172,9 @@ func (i *Instance) run(cmd *exec.Cmd) error {
 		i.proc = cmd.Process
 		started <- nil
 		err := cmd.Wait()
+		// QEMU's exit closes the monitor; let its last events (SHUTDOWN
+		// and its reason) be recorded before Done closes.
+		<-i.eventsDone
 		i.exited(err)
 	}()
 	return <-started

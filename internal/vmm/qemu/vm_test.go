@@ -46,6 +46,9 @@ func TestBootToMarkerAndPowerOff(t *testing.T) {
 	if !strings.Contains(string(console), marker) {
 		t.Errorf("console log lacks %q", marker)
 	}
+	if r := inst.ShutdownReason(); r != "guest-shutdown" {
+		t.Errorf("ShutdownReason() = %q, want guest-shutdown", r)
+	}
 	for _, name := range []string{qmpSocket, agentSocket} {
 		if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s still exists after exit (stat: %v)", name, err)
@@ -71,6 +74,18 @@ func bootSleeping(t *testing.T, mode string) (*Instance, context.Context, string
 		t.Fatal(err)
 	}
 	return inst, ctx, dir
+}
+
+func TestGuestPanicEndsVM(t *testing.T) {
+	inst, ctx, _ := bootSleeping(t, "exit")
+	select {
+	case <-inst.Done():
+	case <-ctx.Done():
+		t.Fatal("qemu still running after the guest kernel panicked")
+	}
+	if r := inst.ShutdownReason(); r != "guest-reset" && r != "guest-panic" {
+		t.Errorf("ShutdownReason() = %q, want guest-reset or guest-panic", r)
+	}
 }
 
 func TestPauseResumeShutdown(t *testing.T) {
@@ -111,6 +126,9 @@ func TestPauseResumeShutdown(t *testing.T) {
 	if err := inst.Err(); err != nil {
 		t.Errorf("Err() after Shutdown = %v, want nil", err)
 	}
+	if r := inst.ShutdownReason(); r != "host-qmp-quit" {
+		t.Errorf("ShutdownReason() = %q, want host-qmp-quit", r)
+	}
 	if processAlive(inst.PID()) {
 		t.Errorf("qemu pid %d still alive", inst.PID())
 	}
@@ -131,6 +149,9 @@ func TestKill(t *testing.T) {
 	}
 	if err := inst.Kill(); err != nil {
 		t.Errorf("second kill: %v, want nil", err)
+	}
+	if r := inst.ShutdownReason(); r != "" {
+		t.Errorf("ShutdownReason() after SIGKILL = %q, want none", r)
 	}
 	if _, err := inst.DialAgent(ctx); err == nil {
 		t.Error("DialAgent succeeded on an exited vm")

@@ -1,6 +1,6 @@
 #!/bin/busybox sh
 # /init of the test initramfs. The kernel passes smolvmtest=MODE from the
-# command line in the environment: poweroff (default), sleep or echo.
+# command line in the environment: poweroff (default), sleep, echo or exit.
 B=/bin/busybox
 $B mount -t proc proc /proc
 $B mount -t sysfs sys /sys
@@ -30,6 +30,7 @@ case "$smolvmtest" in
 # A port read returns EOF while no host end is connected: read again.
 echo) while :; do $B cat <&3 >&3; $B sleep 0.05; done ;;
 sleep) while :; do $B sleep 3600; done ;;
+exit) exit 3 ;; # PID 1 exits: the kernel panics
 esac
 $B poweroff -f
 while :; do $B sleep 3600; done
