@@ -56,6 +56,13 @@ func (s *Store) migrate(ctx context.Context) error {
 		return err
 	}
 	sort.Strings(names)
+	var have int
+	if err := s.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&have); err != nil {
+		return err
+	}
+	if have >= len(names) {
+		return nil // up to date: no write transaction on the common path
+	}
 	for i, name := range names {
 		version := i + 1
 		err := s.tx(ctx, func(tx *sql.Tx) error {
