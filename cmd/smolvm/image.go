@@ -220,7 +220,12 @@ func printImageLine(w io.Writer, img smolvm.Image) error {
 // printImage prints an image's details, one per line.
 func printImage(w io.Writer, img smolvm.Image) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+	row := func(k, v string) {
+		if k != "" {
+			k += ":"
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", k, v)
+	}
 	row("Name", img.Name)
 	row("Source", img.Source)
 	row("Digest", img.Digest)
