@@ -223,6 +223,11 @@ func EnsureImage(ctx context.Context, ref string, opt ...Option) (Image, error) 
 		return Image{}, err
 	}
 	defer h.close()
+	return h.ensureImage(ctx, ref)
+}
+
+// ensureImage is EnsureImage on an open host.
+func (h *host) ensureImage(ctx context.Context, ref string) (Image, error) {
 	store := h.images()
 	if image.ValidateName(ref) == nil {
 		if slices.Contains(store.Recipes(), ref) {

@@ -674,3 +674,66 @@ func saveTarball(t *testing.T, p, tag string, img v1.Image) {
 		t.Fatal(err)
 	}
 }
+
+// TestPruneWaitsForPulls checks that prune does not run while a pull holds
+// the layer cache (it would delete layers the pull is about to use).
+func TestPruneWaitsForPulls(t *testing.T) {
+	ctx := context.Background()
+	h, err := openHost(ctx, []Option{WithDataDir(t.TempDir())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.close()
+	c := h.layerCache()
+	unlock, err := c.lock(ctx, shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	partial := filepath.Join(c.dir, ".partial-sha256-1-1")
+	writeFile(t, partial, []byte("a pull under way"))
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := h.prune(cctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("prune while a pull holds the cache = %v, want it to wait until its context ends", err)
+	}
+	if _, err := os.Stat(partial); err != nil {
+		t.Fatalf("prune removed a running pull's download: %v", err)
+	}
+	// A second pull shares the lock.
+	unlock2, err := c.lock(cctx, shared)
+	if err != nil {
+		t.Fatalf("a second pull could not share the cache: %v", err)
+	}
+	unlock2()
+	unlock()
+	rep, err := h.prune(ctx)
+	if err != nil || len(rep.Removed) != 1 || rep.Removed[0].Kind != "partial download" {
+		t.Fatalf("prune after the pull = %+v, %v; want the partial download removed", rep, err)
+	}
+}
+
+// TestEnsureImageLocalNames checks that built-in and local names are used
+// as they are, with no pull.
+func TestEnsureImageLocalNames(t *testing.T) {
+	needImageTools(t)
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("the tiny image needs /bin/busybox (busybox-static)")
+	}
+	ctx := context.Background()
+	opts := []Option{WithDataDir(t.TempDir())}
+	root := t.TempDir()
+	writeFile(t, filepath.Join(root, "etc", "hostname"), []byte("x\n"))
+	if _, err := ImageFromDir(ctx, "mine", root, opts...); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ ref, name, source string }{
+		{"tiny", "tiny", "builtin:tiny"},
+		{"mine", "mine", "dir:" + root},
+	}
+	for _, tt := range tests {
+		img, err := EnsureImage(ctx, tt.ref, opts...)
+		if err != nil || img.Name != tt.name || img.Source != tt.source {
+			t.Errorf("EnsureImage(%s) = %s %s, %v; want %s %s", tt.ref, img.Name, img.Source, err, tt.name, tt.source)
+		}
+	}
+}
