@@ -75,10 +75,10 @@ func TestArgs(t *testing.T) {
 			"-nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz " +
 			"-append console=hvc0 panic=5 reboot=t -serial null " + channelsTail,
 	}, {
-		name: "tcg multi-threaded with the default cpu model",
+		name: "tcg single-threaded with the default cpu model",
 		spec: func(s vmm.Spec) vmm.Spec { return s },
-		cfg:  launchConfig{machine: machineX86, accel: "tcg", tcgCPU: "qemu64", tcgMT: true, tscKHz: 1000000},
-		want: "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on -accel tcg,thread=multi -cpu qemu64 -m 256 -smp 2 " +
+		cfg:  launchConfig{machine: machineX86, accel: "tcg", tcgCPU: "qemu64", tcgThread: "single", tscKHz: 1000000},
+		want: "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on -accel tcg,thread=single -cpu qemu64 -m 256 -smp 2 " +
 			"-nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz " +
 			"-append console=ttyS0 panic=-1 reboot=t tsc_early_khz=1000000 -serial null " + channelsTail,
 	}, {

@@ -38,8 +38,8 @@ type Backend struct {
 	log     *slog.Logger
 
 	// Knobs for benchmarks; the defaults are the measured best.
-	tcgCPU string
-	tcgMT  bool
+	tcgCPU    string
+	tcgThread string
 
 	// Host facts, injectable for tests.
 	kvmDevice string // "/dev/kvm"

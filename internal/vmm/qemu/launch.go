@@ -56,7 +56,7 @@ func (b *Backend) launch(ctx context.Context, spec vmm.Spec) (*Instance, error) 
 }
 
 func (b *Backend) config() launchConfig {
-	cfg := launchConfig{machine: b.machine, accel: b.Accel(), tcgCPU: b.tcgCPU, tcgMT: b.tcgMT}
+	cfg := launchConfig{machine: b.machine, accel: b.Accel(), tcgCPU: b.tcgCPU, tcgThread: b.tcgThread}
 	if cfg.accel == "tcg" && cfg.machine.tsc {
 		cfg.tscKHz = hostTSCKHz(b.procRoot)
 	}
