@@ -102,11 +102,8 @@ func (h *host) create(ctx context.Context, cfg Config) (*VM, error) {
 	}
 	rec := record{Config: cfg, Kernel: kernel, Disk: cfg.Rootfs}
 	if cfg.Rootfs == "" {
-		img, err := h.images().Ensure(ctx, cfg.Image, image.BuildOptions{Progress: h.opts.progress})
+		img, err := h.ensureImage(ctx, cfg.Image)
 		if err != nil {
-			if errors.Is(err, image.ErrNotFound) {
-				return nil, fmt.Errorf("%w: image %q (see smolvm image ls)", ErrNotFound, cfg.Image)
-			}
 			return nil, err
 		}
 		rec.Disk, rec.ImageConfig = img.Path, img.Config

@@ -22,7 +22,7 @@ type createFlags struct {
 func (f *createFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.cfg.Name, "name", "", "VM name (default vm-<8 hex>)")
-	fl.StringVar(&f.cfg.Image, "image", "", "image name: base (default), tiny, or one from `smolvm image ls`")
+	fl.StringVar(&f.cfg.Image, "image", "", "image: base (default), tiny, a name from `smolvm image ls`, or an OCI ref (pulled on first use)")
 	fl.StringVar(&f.cfg.Rootfs, "rootfs", "", "boot this ext4 root filesystem file instead of an image")
 	fl.StringVar(&f.cfg.Kernel, "kernel", "", "guest kernel (bzImage or vmlinux); found automatically when empty")
 	fl.StringVar(&f.cfg.KernelModules, "kernel-modules", "", "the kernel's lib/modules/VERSION directory, if it needs modules")
