@@ -56,7 +56,9 @@ func kernelDebianArch(goarch string) string {
 
 // FindKernel returns the guest kernel to boot, trying in order: opts.Path
 // (its modules from opts.ModulesDir, else /lib/modules/VERSION when the
-// bzImage names a VERSION installed there, else none); the host's running
+// bzImage names a VERSION installed there, else none); the newest kernel
+// `smolvm kernel build` installed in opts.CacheDir (no modules: everything
+// the guest needs is built in); the host's running
 // kernel from /boot with its modules; the newest installed distribution
 // cloud kernel (/boot/vmlinuz-*-cloud-*); the newest kernel cached in
 // opts.CacheDir; and, with opts.AllowFetch, the distribution's cloud kernel
@@ -81,6 +83,7 @@ func kernelFind(ctx context.Context, opts KernelOptions, h kernelHost) (Kernel, 
 		source string
 		find   func() (Kernel, error)
 	}{
+		{"built", func() (Kernel, error) { return kernelNewestBuilt(opts.CacheDir) }},
 		{"host", h.running},
 		{"installed", h.newestCloud},
 		{"cache", func() (Kernel, error) { return kernelNewestCached(opts.CacheDir) }},

@@ -14,7 +14,7 @@ type Kernel struct {
 	Path       string // bzImage or vmlinux
 	Version    string // e.g. 6.1.0-57-cloud-amd64; "" when unknown
 	ModulesDir string // "" when the kernel needs no modules
-	Source     string // how it was found: "flag", "host", "installed", "cache", "apt"
+	Source     string // how it was found: "flag", "built", "host", "installed", "cache", "apt"
 }
 
 // Image is a root filesystem image ready to boot: an ext4 file.
