@@ -68,6 +68,9 @@ func (vm *VM) launch(ctx context.Context, r store.VM) error {
 	if err != nil {
 		return err
 	}
+	if err := checkBacking(rec); err != nil {
+		return err
+	}
 	initrd, err := image.BuildInitramfs(ctx, h.path("initramfs"), h.opts.exe, rec.Kernel)
 	if err != nil {
 		return fmt.Errorf("building initramfs: %w", err)
@@ -146,7 +149,7 @@ func vmSpec(dir string, rec record, initrd string) vmm.Spec {
 		agentproto.ParamHostname + "=" + cfg.Name,
 		"quiet",
 	}
-	root := vmm.Disk{Path: rec.Disk}
+	root := vmm.Disk{Path: rec.Disk, Format: rec.DiskFormat}
 	if cfg.DiskMode == DiskShared {
 		root.ReadOnly = true
 		cmdline = append(cmdline, agentproto.ParamRootRO+"=1")

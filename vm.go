@@ -39,8 +39,10 @@ type VM struct {
 type record struct {
 	Config      Config        `json:"config"`
 	Kernel      image.Kernel  `json:"kernel"`
-	Disk        string        `json:"disk"`       // root disk file
-	DiskOwned   bool          `json:"disk_owned"` // the disk is this VM's own copy
+	Disk        string        `json:"disk"`                   // root disk file
+	DiskOwned   bool          `json:"disk_owned"`             // the disk is this VM's own copy or overlay
+	DiskFormat  string        `json:"disk_format,omitempty"`  // "raw" ("" in older rows) or "qcow2"
+	DiskBacking *diskBacking  `json:"disk_backing,omitempty"` // the image under a qcow2 overlay
 	ImageConfig *image.Config `json:"image_config,omitempty"`
 }
 
@@ -125,11 +127,9 @@ func (h *host) create(ctx context.Context, cfg Config) (*VM, error) {
 // insert makes the VM's disk and its row; on error it removes both.
 func (h *host) insert(ctx context.Context, dir string, rec *record) error {
 	if rec.Config.DiskMode == DiskIsolated {
-		disk := filepath.Join(dir, "rootfs.ext4")
-		if err := cloneDisk(ctx, rec.Disk, disk, rec.Config.DiskSizeMiB); err != nil {
+		if err := makeIsolatedDisk(ctx, dir, rec); err != nil {
 			return err
 		}
-		rec.Disk, rec.DiskOwned = disk, true
 	}
 	b, err := json.Marshal(rec)
 	if err != nil {
