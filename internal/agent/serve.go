@@ -69,11 +69,12 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, cfg Config) error {
 	}
 	ycfg := yamux.DefaultConfig()
 	ycfg.LogOutput = io.Discard
-	ycfg.Logger = nil
-	// Under software emulation the host can stall for a while; a slow
-	// reader must not kill the session.
-	ycfg.ConnectionWriteTimeout = time.Minute
-	sess, err := yamux.Server(conn, ycfg)
+	// Keepalives end a session whose host is gone without a hang-up the
+	// guest could see (a quick reconnect on virtio-serial); the timeout is
+	// generous because a host under software emulation can stall.
+	ycfg.KeepAliveInterval = 5 * time.Second
+	ycfg.ConnectionWriteTimeout = 15 * time.Second
+	sess, err := yamux.Server(&syncStripper{rwc: conn}, ycfg)
 	if err != nil {
 		return fmt.Errorf("starting yamux session: %w", err)
 	}
@@ -92,6 +93,47 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, cfg Config) error {
 		go s.handle(ctx, st)
 	}
 }
+
+// SyncLine is what a host writes right after connecting to the agent
+// channel, before reading the hello. virtio-serial cannot always tell the
+// guest that its host hung up and came back (the two events can merge), so
+// the agent may still hold the previous session: these bytes are not valid
+// yamux, which ends that session, and the agent then writes a fresh hello.
+// A fresh session drops the line when it comes first. (Hosts that skip it
+// still work; a stale session then ends by keepalive within ~20 s.)
+const SyncLine = "SMOLVM-SYNC\n"
+
+// syncStripper passes a stream through, dropping SyncLine if the stream
+// starts with it. yamux's first read is a 12-byte header, so reading
+// len(SyncLine) bytes up front cannot wait for bytes a host never sends.
+type syncStripper struct {
+	rwc     io.ReadWriteCloser
+	checked bool
+	pending []byte
+}
+
+func (s *syncStripper) Read(p []byte) (int, error) {
+	if !s.checked {
+		s.checked = true
+		head := make([]byte, len(SyncLine))
+		n, err := io.ReadFull(s.rwc, head)
+		if string(head[:n]) != SyncLine {
+			s.pending = head[:n]
+		}
+		if err != nil && len(s.pending) == 0 {
+			return 0, err
+		}
+	}
+	if len(s.pending) > 0 {
+		n := copy(p, s.pending)
+		s.pending = s.pending[n:]
+		return n, nil
+	}
+	return s.rwc.Read(p)
+}
+
+func (s *syncStripper) Write(p []byte) (int, error) { return s.rwc.Write(p) }
+func (s *syncStripper) Close() error                { return s.rwc.Close() }
 
 // handle serves one stream: one request.
 func (s *server) handle(ctx context.Context, st net.Conn) {

@@ -72,16 +72,8 @@ func startAgent(t *testing.T, mutate ...func(*Config)) *testAgent {
 		t.Fatal(err)
 	}
 	ta.hello = h
-	ycfg := yamux.DefaultConfig()
-	ycfg.LogOutput = io.Discard
-	sess, err := yamux.Client(struct {
-		io.Reader
-		io.WriteCloser
-	}{br, host}, ycfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ta.sess = sess
+	ta.sess = newClientSession(t, br, host)
+	sess := ta.sess
 	t.Cleanup(func() {
 		sess.Close()
 		cancel()
@@ -89,6 +81,22 @@ func startAgent(t *testing.T, mutate ...func(*Config)) *testAgent {
 		guest.Close()
 	})
 	return ta
+}
+
+// newClientSession starts the host's yamux client over r (which holds any
+// bytes read ahead of the hello) and w.
+func newClientSession(t *testing.T, r io.Reader, w io.WriteCloser) *yamux.Session {
+	t.Helper()
+	ycfg := yamux.DefaultConfig()
+	ycfg.LogOutput = io.Discard
+	sess, err := yamux.Client(struct {
+		io.Reader
+		io.WriteCloser
+	}{r, w}, ycfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sess
 }
 
 // execResult is what the host saw of one exec.

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
 	"github.com/smolvm/smolvm/internal/agentproto"
 )
 
@@ -179,8 +177,8 @@ func bootVM(t *testing.T, dir, initrd, disk, extraCmdline string) *testVM {
 	return vm
 }
 
-// connect dials the agent socket (QEMU creates it shortly after start) and
-// reads the hello, bounded by ctx.
+// connect dials the agent socket (QEMU creates it shortly after start),
+// writes SyncLine as a host should, and reads the hello, bounded by ctx.
 func (vm *testVM) connect(ctx context.Context, t *testing.T) (*testAgent, time.Duration) {
 	t.Helper()
 	var conn net.Conn
@@ -199,6 +197,9 @@ func (vm *testVM) connect(ctx context.Context, t *testing.T) (*testAgent, time.D
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	if _, err := io.WriteString(conn, SyncLine); err != nil {
+		t.Fatal(err)
+	}
 	conn.SetReadDeadline(time.Now().Add(time.Minute))
 	br := bufio.NewReader(conn)
 	h, err := agentproto.ReadHello(br)
@@ -207,15 +208,7 @@ func (vm *testVM) connect(ctx context.Context, t *testing.T) (*testAgent, time.D
 	}
 	helloAt := time.Since(vm.started)
 	conn.SetReadDeadline(time.Time{})
-	ycfg := yamux.DefaultConfig()
-	ycfg.LogOutput = io.Discard
-	sess, err := yamux.Client(struct {
-		io.Reader
-		io.WriteCloser
-	}{br, conn}, ycfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sess := newClientSession(t, br, conn)
 	t.Cleanup(func() { sess.Close() })
 	return &testAgent{sess: sess, hello: h, hostConn: conn}, helloAt
 }
@@ -253,7 +246,8 @@ func TestVMBoot(t *testing.T) {
 			}
 			checkGuest(t, ta, tt.mounts)
 
-			// A host that hangs up and comes back gets a new hello and session.
+			// A host that hangs up and comes back at once (too quickly for
+			// the guest to notice) gets a new hello and session.
 			ta.sess.Close()
 			ta.hostConn.Close()
 			ta, _ = vm.connect(ctx, t)
