@@ -31,6 +31,7 @@ type Instance struct {
 	done chan struct{}
 	err  error // written once before done is closed
 
+	procExited chan struct{} // closed as soon as QEMU has been reaped
 	eventsDone chan struct{} // closed when the monitor's events are all read
 	mu         sync.Mutex    // guards reason
 	reason     string        // from the last SHUTDOWN event

@@ -99,6 +99,7 @@ func (b *Backend) start(ctx context.Context, path string, spec vmm.Spec, cfg lau
 		log:       b.log.With("vm", spec.ID, "vmm", "qemu"),
 		done:      make(chan struct{}),
 
+		procExited: make(chan struct{}),
 		eventsDone: make(chan struct{}),
 	}
 	if err := inst.run(cmd); err != nil {
@@ -109,7 +110,7 @@ func (b *Backend) start(ctx context.Context, path string, spec vmm.Spec, cfg lau
 	r.closeListeners()
 	inst.log.Info("qemu started", "pid", inst.pid, "accel", cfg.accel, "cmd", commandLine(path, argv))
 
-	q, err := connectQMP(ctx, filepath.Join(spec.Dir, qmpSocket), inst.done)
+	q, err := connectQMP(ctx, filepath.Join(spec.Dir, qmpSocket), inst.procExited)
 	if err != nil {
 		return nil, inst.abortStart(ctx, err, filepath.Join(spec.Dir, logFile))
 	}
@@ -172,6 +173,7 @@ func (i *Instance) run(cmd *exec.Cmd) error {
 		i.proc = cmd.Process
 		started <- nil
 		err := cmd.Wait()
+		close(i.procExited)
 		// QEMU's exit closes the monitor; let its last events (SHUTDOWN
 		// and its reason) be recorded before Done closes.
 		<-i.eventsDone

@@ -280,3 +280,22 @@ func listDir(t *testing.T, dir string) string {
 	}
 	return strings.Join(names, ",")
 }
+
+func TestLaunchCanceledLeavesNothing(t *testing.T) {
+	env := requireVM(t)
+	dir := runDirFor(t)
+	b := testBackend(t, dir)
+	before := listDir(t, dir)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, err := b.Launch(ctx, testSpec(env, dir, "poweroff"))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Launch = %v, want context.Canceled", err)
+	}
+	if after := listDir(t, dir); after != before {
+		t.Errorf("run dir held %q before, %q after", before, after)
+	}
+	if pids := processesMentioning(dir); len(pids) > 0 {
+		t.Errorf("processes left running: %v", pids)
+	}
+}
