@@ -3,6 +3,7 @@ package qemu
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 
@@ -73,6 +74,34 @@ func validate(spec vmm.Spec) error {
 			return fmt.Errorf("disk %s: %w", d.Path, err)
 		}
 	}
+	for i, n := range spec.Net {
+		if err := validateNet(n); err != nil {
+			return fmt.Errorf("network interface %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// validateNet checks one network interface: a known mode, a tap name for
+// tap mode, a MAC QEMU will parse.
+func validateNet(n vmm.NetIf) error {
+	switch n.Mode {
+	case "user":
+	case "tap":
+		if n.Tap == "" || len(n.Tap) > 15 || strings.ContainsAny(n.Tap, ", /") {
+			return fmt.Errorf("tap name %q: want 1-15 characters, no comma, space or slash", n.Tap)
+		}
+	default:
+		return fmt.Errorf("unknown mode %q (want user or tap)", n.Mode)
+	}
+	if n.MAC != "" {
+		if hw, err := net.ParseMAC(n.MAC); err != nil || len(hw) != 6 {
+			return fmt.Errorf("mac address %q: want six colon-separated hex bytes", n.MAC)
+		}
+	}
+	if n.RxRateBps != 0 || n.TxRateBps != 0 {
+		return errors.New("qemu has no per-interface rate limit (shape the tap on the host instead)")
+	}
 	return nil
 }
 
@@ -119,6 +148,9 @@ func args(spec vmm.Spec, cfg launchConfig) []string {
 	for i, d := range spec.Disks {
 		a = append(a, diskArgs(i, d)...)
 	}
+	for i, n := range spec.Net {
+		a = append(a, netArgs(i, n)...)
+	}
 	return append(a,
 		"-chardev", fmt.Sprintf("socket,id=agent,fd=%d,server=on,wait=off", agentFD),
 		"-device", "virtio-serial-device",
@@ -161,6 +193,26 @@ func diskArgs(i int, d vmm.Disk) []string {
 			",readonly=" + ro + ",cache=writeback,discard=unmap",
 		"-device", "virtio-blk-device,drive=" + id,
 	}
+}
+
+// NetdevID is the QEMU netdev id of the i-th interface of Spec.Net, which
+// monitor commands such as hostfwd_add name.
+func NetdevID(i int) string { return "n" + strconv.Itoa(i) }
+
+// netArgs is one guest NIC: a netdev "n<i>" (QEMU's user-mode stack, or a
+// tap the host made, opened by name with no scripts) and a virtio-net device
+// on the microvm's virtio-mmio bus.
+func netArgs(i int, n vmm.NetIf) []string {
+	id := NetdevID(i)
+	netdev := "user,id=" + id
+	if n.Mode == "tap" {
+		netdev = "tap,id=" + id + ",ifname=" + n.Tap + ",script=no,downscript=no"
+	}
+	dev := "virtio-net-device,netdev=" + id
+	if n.MAC != "" {
+		dev += ",mac=" + n.MAC
+	}
+	return []string{"-netdev", netdev, "-device", dev}
 }
 
 // cmdline appends the options the backend needs to the caller's kernel

@@ -82,6 +82,36 @@ func TestArgs(t *testing.T) {
 			"-nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz " +
 			"-append console=ttyS0 panic=-1 reboot=t tsc_early_khz=1000000 -serial null " + channelsTail,
 	}, {
+		name: "user-mode network",
+		spec: func(s vmm.Spec) vmm.Spec {
+			s.Net = []vmm.NetIf{{Mode: "user", MAC: "06:00:0a:00:02:0f"}}
+			return s
+		},
+		cfg: tcg,
+		want: "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on -accel tcg -cpu max -m 256 -smp 2 " +
+			"-nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz " +
+			"-append console=ttyS0 panic=-1 reboot=t tsc_early_khz=2596138 -serial null " +
+			"-netdev user,id=n0 -device virtio-net-device,netdev=n0,mac=06:00:0a:00:02:0f " + channelsTail,
+	}, {
+		name: "tap network after disks, second nic without mac",
+		spec: func(s vmm.Spec) vmm.Spec {
+			s.Disks = []vmm.Disk{{Path: "/img/a.raw"}}
+			s.Net = []vmm.NetIf{
+				{Mode: "tap", Tap: "smolvm-0a1b2c3d", MAC: "06:00:ac:10:00:02"},
+				{Mode: "user"},
+			}
+			return s
+		},
+		cfg: tcg,
+		want: "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on -accel tcg -cpu max -m 256 -smp 2 " +
+			"-nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz " +
+			"-append console=ttyS0 panic=-1 reboot=t tsc_early_khz=2596138 -serial null " +
+			"-drive if=none,id=d0,file=/img/a.raw,format=raw,readonly=off,cache=writeback,discard=unmap " +
+			"-device virtio-blk-device,drive=d0 " +
+			"-netdev tap,id=n0,ifname=smolvm-0a1b2c3d,script=no,downscript=no " +
+			"-device virtio-net-device,netdev=n0,mac=06:00:ac:10:00:02 " +
+			"-netdev user,id=n1 -device virtio-net-device,netdev=n1 " + channelsTail,
+	}, {
 		name: "arm64 virt",
 		spec: func(s vmm.Spec) vmm.Spec { return s },
 		cfg:  launchConfig{machine: machineARM64, accel: "tcg"},
@@ -139,6 +169,14 @@ func TestValidate(t *testing.T) {
 		{"negative memory", func(s *vmm.Spec) { s.MemoryMiB = -5 }, "memory must be positive"},
 		{"disk without path", func(s *vmm.Spec) { s.Disks = []vmm.Disk{{}} }, "disk 0 has no path"},
 		{"bad format", func(s *vmm.Spec) { s.Disks = []vmm.Disk{{Path: "/x", Format: "vmdk"}} }, `disk /x: unknown disk format "vmdk"`},
+		{"user net", func(s *vmm.Spec) { s.Net = []vmm.NetIf{{Mode: "user"}} }, ""},
+		{"tap net", func(s *vmm.Spec) { s.Net = []vmm.NetIf{{Mode: "tap", Tap: "smolvm-1", MAC: "06:00:ac:10:00:02"}} }, ""},
+		{"unknown net mode", func(s *vmm.Spec) { s.Net = []vmm.NetIf{{Mode: "bridge"}} }, `network interface 0: unknown mode "bridge"`},
+		{"tap without name", func(s *vmm.Spec) { s.Net = []vmm.NetIf{{Mode: "tap"}} }, `tap name ""`},
+		{"tap name with comma", func(s *vmm.Spec) { s.Net = []vmm.NetIf{{Mode: "tap", Tap: "a,script=/x"}} }, "no comma"},
+		{"tap name too long", func(s *vmm.Spec) { s.Net = []vmm.NetIf{{Mode: "tap", Tap: "smolvm-0123456789"}} }, "1-15 characters"},
+		{"bad mac", func(s *vmm.Spec) { s.Net = []vmm.NetIf{{Mode: "user", MAC: "06:00,x"}} }, "mac address"},
+		{"rate limit", func(s *vmm.Spec) { s.Net = []vmm.NetIf{{Mode: "user", RxRateBps: 1}} }, "no per-interface rate limit"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
