@@ -73,6 +73,11 @@ const (
 type Request struct {
 	Op   string       `json:"op"`
 	Exec *ExecRequest `json:"exec,omitempty"`
+	// Operands of the ops in workflow.go; each op reads the one it names.
+	File *FileRequest `json:"file,omitempty"`
+	Env  *EnvRequest  `json:"env,omitempty"`
+	Proc *ProcRequest `json:"proc,omitempty"`
+	SSH  *SSHRequest  `json:"ssh,omitempty"`
 }
 
 // ExecRequest starts a process in the guest.
@@ -86,11 +91,23 @@ type ExecRequest struct {
 	TTY       bool     `json:"tty,omitempty"`
 	Rows      uint16   `json:"rows,omitempty"`
 	Cols      uint16   `json:"cols,omitempty"`
+	// BaseEnv (image and VM config environment) goes under the variables
+	// set with OpEnvSet, and Env over them.
+	BaseEnv []string `json:"base_env,omitempty"`
+	// LoginShell runs the user's login shell (from /etc/passwd; /bin/sh
+	// when it has none) instead of Argv, which must then be empty.
+	LoginShell bool `json:"login_shell,omitempty"`
 }
 
 // Response is the guest's first reply to a Request.
 type Response struct {
 	PID int `json:"pid,omitempty"`
+	// Results of the ops in workflow.go.
+	Stat    *FileInfo         `json:"stat,omitempty"`
+	Entries []FileInfo        `json:"entries,omitempty"`
+	Env     map[string]string `json:"env,omitempty"`
+	Proc    *ProcInfo         `json:"proc,omitempty"`
+	Procs   []ProcInfo        `json:"procs,omitempty"`
 }
 
 // Signal asks the guest to signal a running process's group.
