@@ -16,8 +16,9 @@ const (
 
 // request is the one JSON line a client sends first.
 type request struct {
-	Op    string `json:"op"`
-	Force bool   `json:"force,omitempty"` // stop: kill the VMM at once, no guest shutdown
+	Op    string      `json:"op"`
+	Force bool        `json:"force,omitempty"` // stop: kill the VMM at once, no guest shutdown
+	Net   *NetRequest `json:"net,omitempty"`   // network operations' arguments
 }
 
 // reply is the one JSON line the supervisor sends back.

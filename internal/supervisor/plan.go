@@ -11,7 +11,8 @@ import (
 type Plan struct {
 	Backend     string        `json:"backend"`
 	VMM         vmm.Spec      `json:"vmm"`
-	BootTimeout time.Duration `json:"boot_timeout"` // how long to wait for the agent's hello
+	BootTimeout time.Duration `json:"boot_timeout"`  // how long to wait for the agent's hello
+	Net         *NetPlan      `json:"net,omitempty"` // the VM's network (nil: none)
 }
 
 // File names inside a VM's directory.

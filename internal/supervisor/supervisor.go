@@ -41,6 +41,7 @@ type supervisor struct {
 	inst    vmm.Instance
 	session *yamux.Session
 	status  Status
+	net     *netState // set by setupNet
 
 	stopOnce sync.Once
 	stopping chan struct{} // closed when a stop has been asked for
@@ -95,6 +96,14 @@ func (s *supervisor) launch(ctx context.Context) (_ net.Listener, err error) {
 	defer func() {
 		if err != nil {
 			ln.Close()
+		}
+	}()
+	if err := s.setupNet(ctx); err != nil {
+		return nil, fmt.Errorf("setting up network: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			s.teardownNet()
 		}
 	}()
 	s.log.Info("launching", "backend", backend.Name(), "cmdline", s.plan.VMM.Cmdline)
@@ -208,6 +217,7 @@ func (s *supervisor) ready(msg string) {
 // error otherwise, and removes the run files.
 func (s *supervisor) finish() {
 	ctx := context.WithoutCancel(context.Background())
+	s.teardownNet() // before the row is final: a delete that follows finds nothing left
 	if s.session != nil {
 		s.session.Close()
 	}
@@ -320,6 +330,8 @@ func (s *supervisor) handle(c net.Conn) {
 		<-s.exited
 		writeLine(c, reply{OK: true})
 		c.Close()
+	case opPortExpose, opPortClose, opNetStatus, opSetEgress:
+		s.handleNet(c, req)
 	case opStatus:
 		st := s.status
 		writeLine(c, reply{OK: true, Status: &st})
