@@ -48,10 +48,11 @@ var (
 // launchConfig is everything besides the Spec that shapes the command line.
 type launchConfig struct {
 	machine   machine
-	accel     string // "kvm" or "tcg"
-	tcgCPU    string // -cpu under TCG; "" leaves QEMU's default model
-	tcgThread string // "single" or "multi"; "" leaves QEMU's default (multi for x86 on x86)
-	tscKHz    int    // host TSC frequency; 0 = unknown (x86 TCG only)
+	accel     string    // "kvm" or "tcg"
+	tcgCPU    string    // -cpu under TCG; "" leaves QEMU's default model
+	tcgThread string    // "single" or "multi"; "" leaves QEMU's default (multi for x86 on x86)
+	tscKHz    int       // host TSC frequency; 0 = unknown (x86 TCG only)
+	ram       ramConfig // how guest RAM is backed (ram.go); zero: QEMU's default
 }
 
 // validate rejects specs QEMU would misread, with a one-line reason.
@@ -151,6 +152,7 @@ func args(spec vmm.Spec, cfg launchConfig) []string {
 	for i, n := range spec.Net {
 		a = append(a, netArgs(i, n)...)
 	}
+	a = append(a, cfg.ram.args(mem)...)
 	return append(a,
 		"-chardev", fmt.Sprintf("socket,id=agent,fd=%d,server=on,wait=off", agentFD),
 		"-device", "virtio-serial-device",

@@ -56,7 +56,8 @@ func (b *Backend) launch(ctx context.Context, spec vmm.Spec) (*Instance, error) 
 }
 
 func (b *Backend) config() launchConfig {
-	cfg := launchConfig{machine: b.machine, accel: b.Accel(), tcgCPU: b.tcgCPU, tcgThread: b.tcgThread}
+	cfg := launchConfig{machine: b.machine, accel: b.Accel(), tcgCPU: b.tcgCPU, tcgThread: b.tcgThread,
+		ram: ramConfig{shared: true}}
 	if cfg.accel == "tcg" && cfg.machine.tsc {
 		cfg.tscKHz = hostTSCKHz(b.procRoot)
 	}
