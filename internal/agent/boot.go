@@ -81,6 +81,7 @@ func (b *boot) phases() []phase {
 		{"mounting filesystems", b.mountRootFilesystems},
 		{"setting hostname", b.setHostname},
 		{"bringing up loopback", bringUpLoopback},
+		{"configuring network", b.setupNetwork},
 	}
 }
 

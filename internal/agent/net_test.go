@@ -1,0 +1,171 @@
+package agent
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/smolvm/smolvm/internal/network"
+)
+
+func fakeLink(name, mac string, flags net.Flags) netlink.Link {
+	hw, _ := net.ParseMAC(mac)
+	if mac == "" {
+		hw = nil
+	}
+	return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: name, HardwareAddr: hw, Flags: flags}}
+}
+
+func TestPickNIC(t *testing.T) {
+	lo := fakeLink("lo", "00:00:00:00:00:00", net.FlagLoopback)
+	eth0 := fakeLink("eth0", "06:00:ac:10:00:02", 0)
+	eth1 := fakeLink("eth1", "52:54:00:12:34:56", 0)
+	sit := fakeLink("sit0", "", 0)
+	tests := []struct {
+		name  string
+		links []netlink.Link
+		mac   string
+		want  string
+	}{
+		{"by mac", []netlink.Link{lo, eth1, eth0}, "06:00:AC:10:00:02", "eth0"},
+		{"only ethernet link", []netlink.Link{lo, sit, eth1}, "06:00:ac:10:00:02", "eth1"},
+		{"two others: none", []netlink.Link{lo, eth0, eth1}, "06:00:0a:00:02:0f", ""},
+		{"loopback only", []netlink.Link{lo}, "06:00:ac:10:00:02", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := ""
+			if l := pickNIC(tt.links, tt.mac); l != nil {
+				got = l.Attrs().Name
+			}
+			if got != tt.want {
+				t.Fatalf("pickNIC = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestWriteResolvConf(t *testing.T) {
+	dns := netip.MustParseAddr("172.16.0.1")
+	tests := []struct {
+		name    string
+		prepare func(t *testing.T, etc string) // etc is the directory
+	}{
+		{"missing /etc", func(t *testing.T, etc string) {}},
+		{"existing file", func(t *testing.T, etc string) { mustWrite(t, filepath.Join(etc, "resolv.conf"), "nameserver 9.9.9.9\n") }},
+		{"symlink is replaced, target untouched", func(t *testing.T, etc string) {
+			mustWrite(t, filepath.Join(etc, "target"), "keep\n")
+			if err := os.Symlink("target", filepath.Join(etc, "resolv.conf")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"planted temp symlink is not followed", func(t *testing.T, etc string) {
+			mustWrite(t, filepath.Join(etc, "target"), "keep\n")
+			if err := os.Symlink("target", filepath.Join(etc, "resolv.conf.smolvm")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			etc := filepath.Join(t.TempDir(), "etc")
+			if tt.name != "missing /etc" {
+				if err := os.Mkdir(etc, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tt.prepare(t, etc)
+			path := filepath.Join(etc, "resolv.conf")
+			if err := writeResolvConf(path, dns); err != nil {
+				t.Fatal(err)
+			}
+			fi, err := os.Lstat(path)
+			if err != nil || !fi.Mode().IsRegular() {
+				t.Fatalf("resolv.conf is not a regular file: %v %v", fi, err)
+			}
+			if b, _ := os.ReadFile(path); string(b) != "nameserver 172.16.0.1\n" {
+				t.Fatalf("resolv.conf = %q", b)
+			}
+			if b, err := os.ReadFile(filepath.Join(etc, "target")); err == nil && string(b) != "keep\n" {
+				t.Fatalf("symlink target written through: %q", b)
+			}
+		})
+	}
+}
+
+func mustWrite(t *testing.T, path, s string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestConfigureNIC configures one end of a veth pair in a fresh network namespace as
+// the agent configures the guest's NIC, and checks address and routes.
+func TestConfigureNIC(t *testing.T) {
+	if os.Getenv("SMOLVM_VM_TESTS") != "1" {
+		t.Skip("needs root to make a network namespace: set SMOLVM_VM_TESTS=1")
+	}
+	if os.Geteuid() != 0 {
+		t.Fatal("SMOLVM_VM_TESTS=1 but not root: this test makes a network namespace")
+	}
+	tests := []struct {
+		name string
+		gn   network.GuestNet
+	}{
+		{"tap /32, gateway outside", network.GuestNet{IP: netip.MustParsePrefix("172.16.0.7/32"),
+			Gateway: netip.MustParseAddr("172.16.0.1"), DNS: netip.MustParseAddr("172.16.0.1")}},
+		{"user /24, gateway inside", network.GuestNet{IP: netip.MustParsePrefix("10.0.2.15/24"),
+			Gateway: netip.MustParseAddr("10.0.2.2"), DNS: netip.MustParseAddr("10.0.2.3")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			runtime.LockOSThread() // the thread stays in the new namespace and dies with the goroutine
+			orig, err := netns.Get()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer orig.Close()
+			ns, err := netns.New()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ns.Close()
+			defer netns.Set(orig)
+			mac := network.GuestMAC(tt.gn.IP.Addr())
+			hw, _ := net.ParseMAC(mac)
+			veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0", HardwareAddr: hw}, PeerName: "peer0"}
+			if err := netlink.LinkAdd(veth); err != nil {
+				t.Fatal(err)
+			}
+			if peer, err := netlink.LinkByName("peer0"); err != nil || netlink.LinkSetUp(peer) != nil {
+				t.Fatalf("peer0: %v", err)
+			}
+			links, _ := netlink.LinkList()
+			link := pickNIC(links, mac)
+			if link == nil {
+				t.Fatalf("link with %s not picked from %s", mac, linkNames(links))
+			}
+			if err := configureNIC(link, tt.gn); err != nil {
+				t.Fatal(err)
+			}
+			if err := configureNIC(link, tt.gn); err != nil {
+				t.Fatalf("second configure (idempotent): %v", err)
+			}
+			addrs, _ := netlink.AddrList(link, netlink.FAMILY_V4)
+			if len(addrs) != 1 || addrs[0].IPNet.String() != tt.gn.IP.String() {
+				t.Fatalf("addresses %v, want %s", addrs, tt.gn.IP)
+			}
+			got, err := netlink.RouteGet(net.ParseIP("198.51.100.9"))
+			if err != nil || len(got) != 1 || !got[0].Gw.Equal(net.IP(tt.gn.Gateway.AsSlice())) || got[0].LinkIndex != link.Attrs().Index {
+				t.Fatalf("route to the internet: %+v %v; want via %s on eth0", got, err, tt.gn.Gateway)
+			}
+		})
+	}
+}
