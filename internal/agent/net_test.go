@@ -58,7 +58,9 @@ func TestWriteResolvConf(t *testing.T) {
 		prepare func(t *testing.T, etc string) // etc is the directory
 	}{
 		{"missing /etc", func(t *testing.T, etc string) {}},
-		{"existing file", func(t *testing.T, etc string) { mustWrite(t, filepath.Join(etc, "resolv.conf"), "nameserver 9.9.9.9\n") }},
+		{"existing file", func(t *testing.T, etc string) {
+			mustWrite(t, filepath.Join(etc, "resolv.conf"), "nameserver 9.9.9.9\n")
+		}},
 		{"symlink is replaced, target untouched", func(t *testing.T, etc string) {
 			mustWrite(t, filepath.Join(etc, "target"), "keep\n")
 			if err := os.Symlink("target", filepath.Join(etc, "resolv.conf")); err != nil {
