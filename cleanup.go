@@ -60,5 +60,6 @@ func Cleanup(ctx context.Context, co CleanupOptions, opt ...Option) ([]string, e
 			}
 		}
 	}
-	return done, nil
+	swept, err := h.sweepNetwork(ctx, co.DryRun)
+	return append(done, swept...), err
 }

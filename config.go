@@ -48,6 +48,16 @@ type Config struct {
 	Drives        []Drive           `json:"drives,omitempty"`      // extra block devices: /dev/vdb, /dev/vdc, ...
 	Env           map[string]string `json:"env,omitempty"`         // environment of every command run in the VM
 	Backend       string            `json:"backend,omitempty"`     // "qemu" or "firecracker"; chosen automatically when empty
+
+	// Network (see network.go). Net defaults to tap when this process is
+	// root with CAP_NET_ADMIN, else user.
+	Net         NetMode  `json:"net,omitempty"`           // none, user or tap
+	Egress      string   `json:"egress,omitempty"`        // allow-all (default), deny-all or allowlist; tap only
+	Allow       []string `json:"allow,omitempty"`         // allowlist entries: CIDR, address, domain, *.domain
+	NetRateMbps int      `json:"net_rate_mbps,omitempty"` // per direction; 0 = unlimited; tap only
+	AllowVMs    bool     `json:"allow_vms,omitempty"`     // may talk to other VMs that also allow it; tap only
+	AllowHost   bool     `json:"allow_host,omitempty"`    // may reach every host address, not only DNS; tap only
+	DNS         []string `json:"dns,omitempty"`           // upstreams of the VM's resolver (default the host's resolv.conf); tap only
 }
 
 // Drive is an extra block device.
@@ -109,7 +119,7 @@ func (c Config) withDefaults() (Config, error) {
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {
 		return c, fmt.Errorf("%w boot args: no newlines or NULs", ErrInvalid)
 	}
-	return c, nil
+	return c.netDefaults()
 }
 
 // envList returns env as sorted KEY=VALUE strings.

@@ -90,7 +90,7 @@ func (vm *VM) launch(ctx context.Context, r store.VM) error {
 			return err
 		}
 	}
-	plan := supervisor.Plan{Backend: backend, VMM: spec}
+	plan := supervisor.Plan{Backend: backend, VMM: spec, Net: h.netPlan(rec.Config)}
 	b, err := json.Marshal(plan)
 	if err != nil {
 		return err
@@ -209,6 +209,9 @@ func (h *host) remove(ctx context.Context, id string) error {
 	killLeftovers(r)
 	var rec record
 	json.Unmarshal(r.Config, &rec)
+	if err := h.removeNetLeftovers(ctx, r, rec.Config); err != nil {
+		return err
+	}
 	if rec.Config.RetainDisk && rec.DiskOwned {
 		kept := h.path("retained", id+".ext4")
 		if err := os.MkdirAll(filepath.Dir(kept), 0o755); err != nil {

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/smolvm/smolvm/internal/network"
 	"github.com/smolvm/smolvm/internal/store"
 	"github.com/smolvm/smolvm/internal/supervisor"
 )
@@ -38,6 +39,9 @@ func (h *host) reconcile(ctx context.Context, r store.VM) store.VM {
 		return r
 	}
 	h.log.Warn("marked vm error", "vm", r.ID, "reason", updated.Error)
+	// Its port forwards died with the supervisor; its address stays leased
+	// until delete or cleanup removes its tap.
+	h.store.ReleaseLeases(ctx, r.ID, string(network.KindPort))
 	return updated
 }
 

@@ -63,6 +63,7 @@ type Info struct {
 	Created       time.Time `json:"created"`
 	Started       time.Time `json:"started,omitzero"`
 	GuestReadyMs  int64     `json:"guest_ready_ms,omitempty"`
+	Network       *NetInfo  `json:"network,omitempty"`
 }
 
 // New creates a VM from cfg: it validates cfg, finds the kernel, builds the
@@ -242,6 +243,7 @@ func (vm *VM) Info(ctx context.Context) (Info, error) {
 		return Info{}, err
 	}
 	info := vm.h.info(r)
+	info.Network = netInfo(ctx, r, info.Config)
 	if r.Status == store.StatusRunning {
 		if st, err := supervisor.GetStatus(ctx, r.Dir); err == nil {
 			info.Accel, info.GuestReadyMs = st.Accel, st.GuestReadyMs
