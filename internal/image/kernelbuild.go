@@ -28,7 +28,7 @@ type KernelBuildOptions struct {
 // BuiltKernel is a kernel built by BuildKernel, as cached in
 // CacheDir/smolvm-SOURCEVERSION-CONFIGHASH.
 type BuiltKernel struct {
-	Kernel        `json:"kernel"`
+	Kernel        `json:"kernel,omitzero"`
 	Release       string    `json:"release"`           // uname -r of the guest: 6.1.192-smolvm
 	Vmlinux       string    `json:"vmlinux,omitempty"` // the uncompressed ELF kernel beside the bzImage
 	SourcePackage string    `json:"source_package"`    // linux-source-6.1

@@ -12,9 +12,9 @@ import (
 )
 
 // kernelBuildFilesEstimate is about how many files (CC, AS, HOSTCC lines)
-// make compiles for the smolvm config; it only sizes the progress bar,
+// make compiles for the smolvm config (1273 for 6.1.192); it only sizes the progress bar,
 // which grows if the build compiles more.
-const kernelBuildFilesEstimate = 1500
+const kernelBuildFilesEstimate = 1300
 
 // kernelBuild is one run of the kernel build in a scratch directory:
 // scratch/src is the source tree, scratch/out the kbuild output (O=).
