@@ -17,6 +17,7 @@ type createFlags struct {
 	env    []string
 	drives []string
 	mode   string
+	net    netFlags
 }
 
 func (f *createFlags) register(cmd *cobra.Command) {
@@ -35,12 +36,14 @@ func (f *createFlags) register(cmd *cobra.Command) {
 	fl.StringArrayVar(&f.drives, "drive", nil, "extra disk PATH[:ro] (repeatable): /dev/vdb, /dev/vdc, ...")
 	fl.StringArrayVar(&f.env, "env", nil, "environment variable K=V for every command (repeatable)")
 	fl.StringVar(&f.cfg.Backend, "backend", "", "qemu or firecracker (default: $SMOLVM_BACKEND, else chosen for this host)")
+	f.net.register(cmd, &f.cfg)
 }
 
 // config returns the VM config the flags describe.
 func (f *createFlags) config() (smolvm.Config, error) {
 	cfg := f.cfg
 	cfg.DiskMode = smolvm.DiskMode(f.mode)
+	f.net.apply(&cfg)
 	env, err := parseEnv(f.env)
 	if err != nil {
 		return cfg, err

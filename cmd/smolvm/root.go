@@ -30,7 +30,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(
 		runCmd(g), createCmd(g), startCmd(g), stopCmd(g), rmCmd(g), lsCmd(g), inspectCmd(g),
 		execCmd(g), logsCmd(g), cleanupCmd(g), doctorCmd(g), imageCmd(g), superviseCmd(g),
-		kernelCmd(g), benchCmd(g),
+		kernelCmd(g), benchCmd(g), portCmd(g), egressCmd(g),
 	)
 	return root
 }

@@ -147,6 +147,12 @@ func printInfo(w io.Writer, v smolvm.Info) {
 	row("Image", v.Config.Image)
 	row("Disk", fmt.Sprintf("%s (%s)", v.Disk, v.Config.DiskMode))
 	row("Kernel", v.Kernel)
+	if n := v.Network; n != nil {
+		row("Network", netSummary(n))
+		for _, p := range n.Ports {
+			row("Port", p)
+		}
+	}
 	row("Console log", v.ConsoleLog)
 	row("Created", v.Created.Format(time.RFC3339))
 	if !v.Started.IsZero() {
