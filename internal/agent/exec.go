@@ -36,6 +36,16 @@ type execSpec struct {
 // it). The environment is PATH, HOME, USER, HOSTNAME (and TERM on a TTY),
 // overridden by the request's Env.
 func (s *server) prepareExec(req *agentproto.ExecRequest) (execSpec, error) {
+	if req.LoginShell {
+		if len(req.Argv) > 0 {
+			return execSpec{}, errors.New("exec: a login shell takes no command")
+		}
+		spec, err := s.prepareExec(&agentproto.ExecRequest{Argv: []string{userShell(s.cfg.Root, req.User)},
+			Env: req.Env, BaseEnv: req.BaseEnv, Dir: req.Dir, User: req.User, TTY: req.TTY})
+		spec.argv = []string{"-" + filepath.Base(spec.path)}
+		req.Argv = []string{spec.path} // for messages about it
+		return spec, err
+	}
 	if len(req.Argv) == 0 || req.Argv[0] == "" {
 		return execSpec{}, errors.New("exec: empty command")
 	}
@@ -74,6 +84,10 @@ func (s *server) execEnv(req *agentproto.ExecRequest, u guestUser) ([]string, er
 	}
 	if req.TTY {
 		env = append(env, "TERM=xterm-256color")
+	}
+	env, err := s.cfg.State.layerEnv(env, req.BaseEnv)
+	if err != nil {
+		return nil, err
 	}
 	for _, kv := range req.Env {
 		k, _, ok := strings.Cut(kv, "=")
@@ -176,9 +190,13 @@ func (s *server) runExec(st net.Conn, c *agentproto.Conn, req *agentproto.ExecRe
 		}()
 	}
 	inputDone := make(chan struct{})
+	var exited atomic.Bool
 	go func() {
 		defer close(inputDone)
 		s.hostInput(c, pid, eio)
+		if !exited.Load() {
+			s.hangUp(st, pid, &exited)
+		}
 	}()
 	var timedOut atomic.Bool
 	if req.TimeoutMs > 0 {
@@ -189,6 +207,7 @@ func (s *server) runExec(st net.Conn, c *agentproto.Conn, req *agentproto.ExecRe
 		defer t.Stop()
 	}
 	ws := <-wait
+	exited.Store(true)
 	drained := make(chan struct{})
 	go func() { pumps.Wait(); close(drained) }()
 	select {

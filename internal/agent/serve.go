@@ -36,6 +36,9 @@ type Config struct {
 	// others holding its stdout/stderr (a background child) to close them
 	// (0 means 500ms). Output written after that is dropped.
 	OutputGrace time.Duration
+	// State is kept across connections (environment, background
+	// processes, SSH host key); nil: Serve makes one for this connection.
+	State *State
 }
 
 // server is the state shared by one Serve call's streams.
@@ -60,6 +63,9 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, cfg Config) error {
 	}
 	if s.cfg.OutputGrace <= 0 {
 		s.cfg.OutputGrace = 500 * time.Millisecond
+	}
+	if s.cfg.State == nil {
+		s.cfg.State = NewState()
 	}
 	if s.cfg.Hostname == "" {
 		s.cfg.Hostname, _ = os.Hostname()
@@ -166,6 +172,9 @@ func (s *server) handle(ctx context.Context, st net.Conn) {
 		}
 		s.exec(ctx, st, c, req.Exec)
 	default:
+		if s.handleWorkflow(ctx, st, c, &req) {
+			return
+		}
 		replyError(c, fmt.Errorf("unknown op %q", req.Op))
 	}
 }

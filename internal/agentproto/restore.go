@@ -25,3 +25,11 @@ type Restored struct {
 	// Network identity (address, MAC-derived settings) joins here once
 	// restored VMs get networking: see the supervisor's restoredMessage.
 }
+
+// SyncLine is what a host writes right after connecting to the agent's
+// channel when the guest may still hold a session from before (after a
+// restore the guest never saw its old host go). It is exactly one yamux
+// header long and not a valid one, so a stale session ends at once and the
+// agent writes a fresh hello; a fresh session drops it. The agent
+// package's SyncLine is the same line.
+const SyncLine = "SMOLVM-SYNC\n"

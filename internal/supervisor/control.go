@@ -16,9 +16,10 @@ const (
 
 // request is the one JSON line a client sends first.
 type request struct {
-	Op    string      `json:"op"`
-	Force bool        `json:"force,omitempty"` // stop: kill the VMM at once, no guest shutdown
-	Net   *NetRequest `json:"net,omitempty"`   // network operations' arguments
+	Op       string           `json:"op"`
+	Force    bool             `json:"force,omitempty"`    // stop: kill the VMM at once, no guest shutdown
+	Net      *NetRequest      `json:"net,omitempty"`      // network operations' arguments
+	Snapshot *SnapshotRequest `json:"snapshot,omitempty"` // snapshot's arguments (snapshot.go)
 }
 
 // reply is the one JSON line the supervisor sends back.

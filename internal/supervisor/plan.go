@@ -11,8 +11,9 @@ import (
 type Plan struct {
 	Backend     string        `json:"backend"`
 	VMM         vmm.Spec      `json:"vmm"`
-	BootTimeout time.Duration `json:"boot_timeout"`  // how long to wait for the agent's hello
-	Net         *NetPlan      `json:"net,omitempty"` // the VM's network (nil: none)
+	BootTimeout time.Duration `json:"boot_timeout"`      // how long to wait for the agent's hello
+	Net         *NetPlan      `json:"net,omitempty"`     // the VM's network (nil: none)
+	Restore     *RestorePlan  `json:"restore,omitempty"` // resume a snapshot instead of booting (snapshot.go)
 }
 
 // File names inside a VM's directory.

@@ -43,6 +43,7 @@ type supervisor struct {
 	status  Status
 	net     *netState // set by setupNet
 
+	ctlMu    sync.Mutex // serialises pause, resume and snapshot (snapshot.go)
 	stopOnce sync.Once
 	stopping chan struct{} // closed when a stop has been asked for
 	force    bool          // set before stopping is closed
@@ -107,7 +108,7 @@ func (s *supervisor) launch(ctx context.Context) (_ net.Listener, err error) {
 		}
 	}()
 	s.log.Info("launching", "backend", backend.Name(), "cmdline", s.plan.VMM.Cmdline)
-	if s.inst, err = backend.Launch(ctx, s.plan.VMM); err != nil {
+	if s.inst, err = s.startVMM(ctx, backend); err != nil {
 		return nil, fmt.Errorf("launching %s: %w", backend.Name(), err)
 	}
 	defer func() {
@@ -118,6 +119,9 @@ func (s *supervisor) launch(ctx context.Context) (_ net.Listener, err error) {
 	}()
 	hello, err := s.connectAgent(ctx)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.sendRestored(ctx); err != nil {
 		return nil, err
 	}
 	s.status = Status{ID: s.vm.ID, Backend: backend.Name(), Accel: s.inst.Accel(),
@@ -149,6 +153,7 @@ func (s *supervisor) connectAgent(ctx context.Context) (agentproto.Hello, error)
 	if err != nil {
 		return agentproto.Hello{}, fmt.Errorf("connecting to the agent: %w", err)
 	}
+	s.resync(conn)
 	type result struct {
 		hello agentproto.Hello
 		err   error
@@ -332,6 +337,8 @@ func (s *supervisor) handle(c net.Conn) {
 		c.Close()
 	case opPortExpose, opPortClose, opNetStatus, opSetEgress:
 		s.handleNet(c, req)
+	case opPause, opResume, opSnapshot:
+		s.handleSnapshot(c, req)
 	case opStatus:
 		st := s.status
 		writeLine(c, reply{OK: true, Status: &st})
