@@ -78,7 +78,7 @@ func (s *server) execEnv(req *agentproto.ExecRequest, u guestUser) ([]string, er
 	if home == "" {
 		home = "/"
 	}
-	env := []string{"PATH=" + defaultPath, "HOME=" + home, "HOSTNAME=" + s.cfg.Hostname}
+	env := []string{"PATH=" + defaultPath, "HOME=" + home, "HOSTNAME=" + s.hostname()}
 	if u.Name != "" {
 		env = append(env, "USER="+u.Name, "LOGNAME="+u.Name)
 	}

@@ -171,6 +171,8 @@ func (s *server) handle(ctx context.Context, st net.Conn) {
 			return
 		}
 		s.exec(ctx, st, c, req.Exec)
+	case agentproto.OpRestored:
+		s.restored(c)
 	default:
 		if s.handleWorkflow(ctx, st, c, &req) {
 			return
