@@ -65,6 +65,7 @@ func Run(ctx context.Context, opts Options) error {
 		s.fail(err)
 		return err
 	}
+	defer s.startSSH(ctx)() // sshfwd.go; listening before "ok"
 	s.ready("ok")
 	go s.serve(ln)
 	go s.watchSignals()
@@ -372,6 +373,9 @@ func (s *supervisor) proxyAgent(c net.Conn, br *bufio.Reader) {
 		if cw, ok := c.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		}
+		// The agent is done with the stream: a copy towards it that is
+		// blocked on a full window (input it will never read) must end.
+		stream.Close()
 		done <- struct{}{}
 	}()
 	<-done
