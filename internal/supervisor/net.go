@@ -305,7 +305,10 @@ func (s *supervisor) hostFwdAdd(ctx context.Context, r NetRequest) (Port, error)
 		}
 		p := Port{GuestPort: r.GuestPort, HostPort: int(l.Value), Address: cmpOr(r.Address, "127.0.0.1")}
 		line, _ := network.HostFwdAdd(qemu.NetdevID(0), p.Address, p.HostPort, p.GuestPort)
-		err = s.monitorCommand(ctx, line)
+		out, err := s.monitorCommand(ctx, line)
+		if err == nil && out != "" {
+			err = fmt.Errorf("qemu: %s", out) // hostfwd_add is silent when it works
+		}
 		if err == nil {
 			n.userPorts[p.HostPort] = p
 			s.log.Info("port exposed", "guest_port", p.GuestPort, "host_port", p.HostPort, "address", p.Address)
@@ -331,28 +334,29 @@ func (s *supervisor) hostFwdRemove(ctx context.Context, hostPort int) error {
 	if err != nil {
 		return err
 	}
-	if err := s.monitorCommand(ctx, line); err != nil {
+	out, err := s.monitorCommand(ctx, line)
+	if err == nil && !strings.Contains(out, "removed") {
+		err = fmt.Errorf("qemu: %s", out) // "host forwarding rule for ... removed" when it works
+	}
+	if err != nil {
 		return fmt.Errorf("close port %d: %w", hostPort, err)
 	}
 	delete(n.userPorts, hostPort)
 	return NetLeases(s.opts.Store).Release(ctx, network.Lease{VMID: s.opts.ID, Kind: network.KindPort, Value: uint32(hostPort)})
 }
 
-// monitorCommand runs a human monitor command through QMP; QEMU reports
-// its failures as text output, which becomes the error.
-func (s *supervisor) monitorCommand(ctx context.Context, line string) error {
+// monitorCommand runs a human monitor command through QMP and returns its
+// text output, in which QEMU reports how it went.
+func (s *supervisor) monitorCommand(ctx context.Context, line string) (string, error) {
 	m, ok := s.inst.(monitor)
 	if !ok {
-		return fmt.Errorf("%w: the %s backend has no monitor for user-mode forwarding", errors.ErrUnsupported, s.plan.Backend)
+		return "", fmt.Errorf("%w: the %s backend has no monitor for user-mode forwarding", errors.ErrUnsupported, s.plan.Backend)
 	}
 	var out string
 	if err := m.Execute(ctx, "human-monitor-command", map[string]string{"command-line": line}, &out); err != nil {
-		return fmt.Errorf("%s: %w", line, err)
+		return "", fmt.Errorf("%s: %w", line, err)
 	}
-	if out = strings.TrimSpace(out); out != "" {
-		return fmt.Errorf("qemu: %s", out)
-	}
-	return nil
+	return strings.TrimSpace(out), nil
 }
 
 func cmpOr(s, def string) string {
