@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"syscall"
 	"time"
 
@@ -33,6 +32,11 @@ type RunOptions struct {
 	// MaxOutput bounds the bytes Result keeps of each stream (default
 	// DefaultMaxOutput); the rest is read and dropped, and Truncated set.
 	MaxOutput int
+	// TTY, when set, runs the command on a pseudo-terminal (see shell.go).
+	TTY *TTY
+	// LoginShell runs the user's login shell instead of a command (argv
+	// must then be empty).
+	LoginShell bool
 }
 
 // Result is how a command ended.
@@ -60,7 +64,7 @@ func (vm *VM) Run(ctx context.Context, argv []string, opts RunOptions) (Result, 
 }
 
 func (vm *VM) run(ctx context.Context, argv []string, opts RunOptions) (Result, error) {
-	if len(argv) == 0 {
+	if len(argv) == 0 && !opts.LoginShell {
 		return Result{}, fmt.Errorf("%w: empty command", ErrInvalid)
 	}
 	if err := ValidateEnv(opts.Env); err != nil {
@@ -86,17 +90,14 @@ func (vm *VM) run(ctx context.Context, argv []string, opts RunOptions) (Result, 
 		return Result{}, err
 	}
 	defer conn.Close()
-	env := maps.Clone(rec.Config.Env)
-	if env == nil {
-		env = map[string]string{}
-	}
-	maps.Copy(env, opts.Env)
+	// The VM's env goes under what SetEnv set, the call's over it.
 	req := agentproto.ExecRequest{
-		Argv: argv, Env: envList(env), Dir: opts.Dir, User: opts.User,
-		TimeoutMs: opts.Timeout.Milliseconds(), Stdin: opts.Stdin != nil,
+		Argv: argv, BaseEnv: envList(rec.Config.Env), Env: envList(opts.Env), Dir: opts.Dir, User: opts.User,
+		TimeoutMs: opts.Timeout.Milliseconds(), Stdin: opts.Stdin != nil, LoginShell: opts.LoginShell,
 	}
+	opts.TTY.apply(&req)
 	if ic := rec.ImageConfig; ic != nil {
-		req.Env = append(append([]string{}, ic.Env...), req.Env...)
+		req.BaseEnv = append(append([]string{}, ic.Env...), req.BaseEnv...)
 		req.Dir = cmp.Or(req.Dir, ic.WorkingDir)
 		req.User = cmp.Or(req.User, ic.User)
 	}
@@ -117,6 +118,7 @@ func exchange(ctx context.Context, c *agentproto.Conn, req agentproto.ExecReques
 		c.Close()
 	})
 	defer stop()
+	defer opts.TTY.forwardResizes(c)()
 	if opts.Stdin != nil {
 		go pumpStdin(c, opts.Stdin)
 	}

@@ -64,6 +64,7 @@ type Info struct {
 	Started       time.Time `json:"started,omitzero"`
 	GuestReadyMs  int64     `json:"guest_ready_ms,omitempty"`
 	Network       *NetInfo  `json:"network,omitempty"`
+	SSH           string    `json:"ssh,omitempty"` // a ready ssh command line, when running (ssh.go)
 }
 
 // New creates a VM from cfg: it validates cfg, finds the kernel, builds the
@@ -248,6 +249,7 @@ func (vm *VM) Info(ctx context.Context) (Info, error) {
 		if st, err := supervisor.GetStatus(ctx, r.Dir); err == nil {
 			info.Accel, info.GuestReadyMs = st.Accel, st.GuestReadyMs
 		}
+		info.SSH = vm.sshLine(ctx)
 	}
 	return info, nil
 }
