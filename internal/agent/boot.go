@@ -67,6 +67,7 @@ func Main() {
 		Root:     "/",
 		Hostname: b.hostname,
 		PowerOff: func() { b.powerOff("requested by host") },
+		State:    NewState(), // env, background processes, ssh host key: kept across host connections
 	})
 }
 

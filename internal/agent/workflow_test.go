@@ -332,4 +332,3 @@ func TestSSHSession(t *testing.T) {
 		t.Fatalf("got %q, %v; want \"in v\\n\" and exit 3", out, err)
 	}
 }
-
