@@ -262,7 +262,7 @@ func TestNetworkTapEndToEnd(t *testing.T) {
 
 	// a: allowlist good.test; b: allow-all. Both serve HTTP on 8080.
 	a := tp.boot(t, "na", "--net", "tap", "--egress", "allowlist", "--allow", "good.test", dnsFlag)
-	b := tp.boot(t, "nb", "--net", "tap", dnsFlag)
+	b := tp.boot(t, "nb", "--net", "tap", "--net-rate", "40", dnsFlag)
 	httpd := func(id string) string {
 		return "mkdir -p /www && echo page-of-" + id + " > /www/index.html && httpd -p 8080 -h /www"
 	}
@@ -274,6 +274,16 @@ func TestNetworkTapEndToEnd(t *testing.T) {
 		t.Fatalf("guest addresses %q and %q", ipA, ipB)
 	}
 
+	t.Run("rate limit", func(t *testing.T) {
+		tap := tp.info(t, b).Network.Tap
+		if out := mustRun(t, "tc", "-n", tp.host, "qdisc", "show", "dev", tap); !strings.Contains(out, "tbf") || !strings.Contains(out, "rate 40Mbit") {
+			t.Fatalf("qdisc of %s: %q, want tbf rate 40Mbit", tap, out)
+		}
+		rules := mustRun(t, "ip", "netns", "exec", tp.host, "nft", "list", "chain", "inet", "smolvm", "vm-"+b+"-pre")
+		if !strings.Contains(rules, "limit rate") {
+			t.Fatalf("pre chain of %s has no upload limit:\n%s", b, rules)
+		}
+	})
 	t.Run("allowlist", func(t *testing.T) {
 		tp.wantGuest(t, a, wget("http://good.test/"), "hello from "+netTestGood+":80")
 		tp.wantGuestFails(t, a, "nslookup bad.test", netTestBad)
