@@ -31,6 +31,7 @@ func newRoot() *cobra.Command {
 		runCmd(g), createCmd(g), startCmd(g), stopCmd(g), rmCmd(g), lsCmd(g), inspectCmd(g),
 		execCmd(g), logsCmd(g), cleanupCmd(g), doctorCmd(g), imageCmd(g), superviseCmd(g),
 		kernelCmd(g), benchCmd(g), portCmd(g), egressCmd(g),
+		cpCmd(g), envCmd(g), shellCmd(g), sshCmd(g), psCmd(g),
 	)
 	return root
 }

@@ -154,6 +154,9 @@ func printInfo(w io.Writer, v smolvm.Info) {
 		}
 	}
 	row("Console log", v.ConsoleLog)
+	if v.SSH != "" {
+		row("SSH", v.SSH)
+	}
 	row("Created", v.Created.Format(time.RFC3339))
 	if !v.Started.IsZero() {
 		row("Started", v.Started.Format(time.RFC3339))
