@@ -17,6 +17,8 @@ type execFlags struct {
 	user    string
 	timeout float64
 	stdin   bool
+	tty     bool // a pseudo-terminal in the guest (shell.go)
+	detach  bool // a background process (ps.go)
 }
 
 func (f *execFlags) register(cmd *cobra.Command) {
@@ -26,6 +28,8 @@ func (f *execFlags) register(cmd *cobra.Command) {
 	fl.StringVarP(&f.user, "user", "u", "", "run as this user (name, uid or uid:gid)")
 	fl.Float64Var(&f.timeout, "timeout", 0, "kill the command after this many seconds")
 	fl.BoolVarP(&f.stdin, "interactive", "i", false, "pass stdin to the command")
+	fl.BoolVarP(&f.tty, "tty", "t", false, "run the command on a terminal (with -i: interactive, e.g. -it ID -- bash)")
+	fl.BoolVarP(&f.detach, "detach", "d", false, "start the command in the background and print its id (see smolvm ps)")
 }
 
 func (f *execFlags) runOptions() (smolvm.RunOptions, error) {
@@ -53,7 +57,10 @@ func execCmd(g *globals) *cobra.Command {
 		Use:   "exec [flags] ID -- CMD [ARG...]",
 		Short: "Run a command in a running VM; its output streams, smolvm exits with its code",
 		Example: `  smolvm exec vm-1234abcd -- uname -a
-  smolvm exec -e NAME=world vm-1234abcd -- sh -c 'echo hello $NAME'`,
+  smolvm exec -e NAME=world vm-1234abcd -- sh -c 'echo hello $NAME'
+  echo x | smolvm exec -i vm-1234abcd -- cat
+  smolvm exec -it vm-1234abcd -- bash
+  smolvm exec -d vm-1234abcd -- sh -c 'make test > /tmp/log 2>&1'`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts, err := e.runOptions()
@@ -66,6 +73,16 @@ func execCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer vm.Close()
+			if e.detach {
+				return startDetached(ctx, vm, args[1:], opts)
+			}
+			if e.tty {
+				restore, err := withTerminal(&opts)
+				if err != nil {
+					return err
+				}
+				defer restore()
+			}
 			return runAndExit(ctx, vm, args[1:], opts)
 		},
 	}
