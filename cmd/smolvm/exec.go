@@ -29,7 +29,7 @@ func (f *execFlags) register(cmd *cobra.Command) {
 	fl.Float64Var(&f.timeout, "timeout", 0, "kill the command after this many seconds")
 	fl.BoolVarP(&f.stdin, "interactive", "i", false, "pass stdin to the command")
 	fl.BoolVarP(&f.tty, "tty", "t", false, "run the command on a terminal (with -i: interactive, e.g. -it ID -- bash)")
-	fl.BoolVarP(&f.detach, "detach", "d", false, "start the command in the background and print its id (see smolvm ps)")
+	fl.BoolVarP(&f.detach, "detach", "d", false, "start the command in the background and print its id (see smolvm proc)")
 }
 
 func (f *execFlags) runOptions() (smolvm.RunOptions, error) {

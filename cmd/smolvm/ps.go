@@ -28,16 +28,25 @@ func startDetached(ctx context.Context, vm *smolvm.VM, argv []string, opts smolv
 }
 
 func psCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "proc",
+		Short: "Background processes in a VM (started with exec -d): ls, wait, kill, output, rm",
+		Example: `  smolvm exec -d dev -- sh -c 'sleep 5; echo done'
+  smolvm proc ls dev
+  smolvm proc output -f dev p1
+  smolvm proc wait dev p1
+  smolvm proc kill dev p1 --signal TERM`,
+	}
+	cmd.AddCommand(psLsCmd(g), psWaitCmd(g), psKillCmd(g), psOutputCmd(g), psRmCmd(g))
+	return cmd
+}
+
+func psLsCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "ps ID",
-		Short: "List a VM's background processes (started with exec -d); wait, kill, output, rm them",
-		Example: `  smolvm exec -d dev -- sh -c 'sleep 5; echo done'
-  smolvm ps dev
-  smolvm ps output -f dev p1
-  smolvm ps wait dev p1
-  smolvm ps kill dev p1 --signal TERM`,
-		Args: cobra.ExactArgs(1),
+		Use:   "ls ID",
+		Short: "List a VM's background processes",
+		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return eachVM(cmd, g, args, func(vm *smolvm.VM) error {
 				procs, err := vm.Processes(cmd.Context())
@@ -48,7 +57,7 @@ func psCmd(g *globals) *cobra.Command {
 					return printJSON(os.Stdout, procs)
 				}
 				tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "ID\tPID\tSTATUS\tSTARTED\tOUTPUT\tCOMMAND")
+				fmt.Fprintln(tw, "ID\tPID\tSTATUS\tSTARTED\tOUT/ERR BYTES\tCOMMAND")
 				for _, p := range procs {
 					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d/%d\t%s\n", p.ID, p.PID, procStatus(p),
 						p.Started.Format(time.TimeOnly), p.OutBytes, p.ErrBytes, strings.Join(p.Argv, " "))
@@ -58,7 +67,6 @@ func psCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.AddCommand(psWaitCmd(g), psKillCmd(g), psOutputCmd(g), psRmCmd(g))
 	return cmd
 }
 
@@ -126,9 +134,10 @@ func psKillCmd(g *globals) *cobra.Command {
 func psOutputCmd(g *globals) *cobra.Command {
 	var follow bool
 	cmd := &cobra.Command{
-		Use:   "output ID PROC",
-		Short: "Print what a background process wrote (the guest keeps the last 1 MiB of each stream)",
-		Args:  cobra.ExactArgs(2),
+		Use:     "output ID PROC",
+		Aliases: []string{"logs"},
+		Short:   "Print what a background process wrote (the guest keeps the last 1 MiB of each stream)",
+		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withProc(cmd, g, args, func(vm *smolvm.VM, id string) error {
 				dropped, err := vm.ProcessOutput(cmd.Context(), id, follow, os.Stdout, os.Stderr)

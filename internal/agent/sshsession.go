@@ -175,8 +175,7 @@ func (ss *sshSession) startSFTP(exited *atomic.Bool) bool {
 		defer exited.Store(true)
 		srv, err := sftp.NewServer(ss.ch, sftp.WithServerWorkingDirectory(home))
 		if err == nil {
-			err = srv.Serve()
-			srv.Close()
+			err = srv.Serve() // the channel is closed below, after the exit status
 		}
 		code := uint32(0)
 		if err != nil && !errors.Is(err, io.EOF) {
