@@ -35,10 +35,16 @@ const (
 // of virtual size size over the raw file backing (an absolute path). On
 // error it removes what it made.
 func writeQcow2Overlay(path, backing string, size int64) (err error) {
+	return writeQcow2OverlayOf(path, backing, diskRaw, size)
+}
+
+// writeQcow2OverlayOf is writeQcow2Overlay over a backing file of the given
+// format (raw, or qcow2 for an overlay over a snapshot's saved overlay).
+func writeQcow2OverlayOf(path, backing, format string, size int64) (err error) {
 	if len(backing) == 0 || backing[0] != '/' {
 		return fmt.Errorf("qcow2 backing file %q must be an absolute path", backing)
 	}
-	hdr, err := qcow2Header(backing, size)
+	hdr, err := qcow2Header(backing, format, size)
 	if err != nil {
 		return err
 	}
@@ -62,7 +68,7 @@ func writeQcow2Overlay(path, backing string, size int64) (err error) {
 
 // qcow2Header returns the first three clusters of the overlay (header,
 // refcount table, refcount block); the L1 table after them is all zero.
-func qcow2Header(backing string, size int64) ([]byte, error) {
+func qcow2Header(backing, fmtName string, size int64) ([]byte, error) {
 	if size <= 0 || size%512 != 0 {
 		return nil, fmt.Errorf("qcow2 virtual size %d is not a positive multiple of 512", size)
 	}
@@ -78,7 +84,6 @@ func qcow2Header(backing string, size int64) ([]byte, error) {
 	// The header extensions follow the header; the backing file name
 	// follows them.
 	ext := qcow2HeaderLen
-	fmtName := "raw"
 	be.PutUint32(b[ext:], qcow2ExtBackingFmt)
 	be.PutUint32(b[ext+4:], uint32(len(fmtName)))
 	copy(b[ext+8:], fmtName)

@@ -176,7 +176,10 @@ func (vm *VM) Stop(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if r.Status != store.StatusRunning && r.Status != store.StatusStopping {
+	if r.Status == store.StatusPaused {
+		vm.Resume(ctx) // a paused guest cannot power itself off; a failure leaves the stop to escalate
+	}
+	if r.Status != store.StatusRunning && r.Status != store.StatusStopping && r.Status != store.StatusPaused {
 		return nil
 	}
 	if err := supervisor.Stop(ctx, r.Dir, false); err != nil && !errors.Is(err, supervisor.ErrNotRunning) {
@@ -201,7 +204,7 @@ func (h *host) remove(ctx context.Context, id string) error {
 		return err
 	}
 	switch r.Status {
-	case store.StatusRunning, store.StatusStopping, store.StatusStarting:
+	case store.StatusRunning, store.StatusStopping, store.StatusStarting, store.StatusPaused:
 		if err := supervisor.Stop(ctx, r.Dir, true); err != nil && !errors.Is(err, supervisor.ErrNotRunning) {
 			return err
 		}

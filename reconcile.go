@@ -50,7 +50,7 @@ var errStillAlive = errors.New("still alive")
 // lost reports whether a row says a VM is up while its supervisor is not.
 func (h *host) lost(r store.VM) bool {
 	switch r.Status {
-	case store.StatusRunning, store.StatusStopping:
+	case store.StatusRunning, store.StatusStopping, store.StatusPaused:
 		return !processIs(r.SupervisorPID, r.ID)
 	case store.StatusStarting:
 		if r.SupervisorPID != 0 {

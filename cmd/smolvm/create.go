@@ -74,11 +74,16 @@ func parseEnv(kvs []string) (map[string]string, error) {
 func createCmd(g *globals) *cobra.Command {
 	var f createFlags
 	var start, asJSON bool
+	var fromSnapshot string
+	var count int
 	cmd := &cobra.Command{
 		Use:   "create [flags]",
 		Short: "Create a VM (and with --start, boot it); prints its id",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if fromSnapshot != "" { // snapshot.go
+				return createFromSnapshot(cmd.Context(), g, fromSnapshot, f.cfg.Name, count, asJSON)
+			}
 			cfg, err := f.config()
 			if err != nil {
 				return err
@@ -108,6 +113,8 @@ func createCmd(g *globals) *cobra.Command {
 	f.register(cmd)
 	cmd.Flags().BoolVar(&start, "start", false, "start the VM too")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM's details as JSON")
+	cmd.Flags().StringVar(&fromSnapshot, "from-snapshot", "", "start clones of this snapshot (running on return; other VM flags but --name are the snapshot's)")
+	cmd.Flags().IntVar(&count, "count", 1, "with --from-snapshot: how many clones (named NAME-1, NAME-2, ... when --name is given)")
 	return cmd
 }
 

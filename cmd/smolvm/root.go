@@ -32,6 +32,7 @@ func newRoot() *cobra.Command {
 		execCmd(g), logsCmd(g), cleanupCmd(g), doctorCmd(g), imageCmd(g), superviseCmd(g),
 		kernelCmd(g), benchCmd(g), portCmd(g), egressCmd(g),
 		cpCmd(g), envCmd(g), shellCmd(g), sshCmd(g), psCmd(g),
+		pauseCmd(g), resumeCmd(g), snapshotCmd(g), poolCmd(g), poolRefillCmd(g),
 	)
 	return root
 }

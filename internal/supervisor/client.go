@@ -42,7 +42,8 @@ func Spawn(ctx context.Context, exe string, args []string, dir string) (pid int,
 	if err != nil {
 		return 0, fmt.Errorf("starting supervisor: %w", err)
 	}
-	go cmd.Wait() // reap it if this process lives longer than the VM
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }() // reap it if this process lives longer than the VM
 	msg := make(chan string, 1)
 	go func() {
 		line, _ := bufio.NewReader(r).ReadString('\n')
@@ -57,6 +58,12 @@ func Spawn(ctx context.Context, exe string, args []string, dir string) (pid int,
 		case m == "ok":
 			return cmd.Process.Pid, nil
 		case strings.HasPrefix(m, "error: "):
+			// It exits right after saying so: let it, so that a caller
+			// cleaning up finds no process left.
+			select {
+			case <-exited:
+			case <-time.After(10 * time.Second):
+			}
 			return 0, errors.New(strings.TrimPrefix(m, "error: "))
 		default:
 			return 0, fmt.Errorf("supervisor exited during start-up; see %s", filepath.Join(dir, LogFile))
