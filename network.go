@@ -80,7 +80,7 @@ func (c Config) netDefaults() (Config, error) {
 	}
 	policy, err := network.ParsePolicy(c.Egress, c.Allow)
 	if err != nil {
-		return c, fmt.Errorf("%w egress: %w", ErrInvalid, err)
+		return c, invalidNet(err)
 	}
 	c.Egress = policy.Mode
 	if c.NetRateMbps < 0 || c.NetRateMbps > MaxNetRateMbps {
@@ -216,7 +216,7 @@ func (vm *VM) Ports(ctx context.Context) ([]Port, error) {
 func (vm *VM) SetEgress(ctx context.Context, mode string, allow ...string) error {
 	policy, err := network.ParsePolicy(mode, allow)
 	if err != nil {
-		return fmt.Errorf("%w egress: %w", ErrInvalid, err)
+		return invalidNet(err)
 	}
 	r, err := vm.h.get(ctx, vm.id)
 	if err != nil {
@@ -291,6 +291,21 @@ func portsOf(st supervisor.NetStatus) []Port {
 	}
 	return out
 }
+
+// invalidNet is a network.ErrInvalid error as an ErrInvalid one, read
+// "invalid egress mode ..." rather than repeating both sentinels.
+func invalidNet(err error) error {
+	msg := strings.TrimPrefix(err.Error(), network.ErrInvalid.Error()+": ")
+	return &netInvalidError{msg: "invalid " + msg, err: err}
+}
+
+type netInvalidError struct {
+	msg string
+	err error
+}
+
+func (e *netInvalidError) Error() string   { return e.msg }
+func (e *netInvalidError) Unwrap() []error { return []error{ErrInvalid, e.err} }
 
 // netErr maps the network package's sentinels to the SDK's.
 func netErr(err error) error {
