@@ -29,7 +29,8 @@ import (
 // PoolConfig describes a warm pool.
 type PoolConfig struct {
 	Name string `json:"name"`
-	// Config is the configuration of the pool's VMs (its Name is ignored).
+	// Config is the configuration of the pool's VMs (its Name is ignored;
+	// its Net defaults to NetUser, as clones on a tap would share an address).
 	Config Config `json:"config"`
 	// Size is how many ready VMs the pool keeps.
 	Size int `json:"size"`
@@ -85,6 +86,10 @@ func (h *host) createPool(ctx context.Context, pc PoolConfig) (PoolInfo, error) 
 	}
 	cfg := pc.Config
 	cfg.Name = "pool-base-" + strconv.FormatInt(time.Now().UnixNano()%1e9, 36)
+	if cfg.Net == "" {
+		// Members are clones: on a tap they would share one address.
+		cfg.Net = NetUser
+	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return PoolInfo{}, err
