@@ -256,7 +256,7 @@ func (s *server) hostInput(c *agentproto.Conn, pid int, eio *execIO) {
 // pumpOutput copies r to the stream as frames of type t, in bounded chunks;
 // a full yamux window blocks it and so, through the pipe, the process.
 func pumpOutput(r *os.File, t agentproto.FrameType, c *agentproto.Conn) {
-	buf := make([]byte, 32<<10)
+	buf := make([]byte, 256<<10) // big frames: fewer writes to the channel
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {

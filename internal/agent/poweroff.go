@@ -2,9 +2,10 @@ package agent
 
 import (
 	"bufio"
-	"errors"
+	"bytes"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,10 +28,12 @@ func (b *boot) fatal(err error) {
 func (b *boot) powerOff(reason string) {
 	b.log.Info("powering off", "reason", reason)
 	unix.Sync()
-	if unix.Kill(-1, unix.SIGTERM) == nil {
-		waitNoProcesses(stopGrace)
-		unix.Kill(-1, unix.SIGKILL)
-		waitNoProcesses(stopGrace)
+	if userProcesses("/proc") > 0 {
+		unix.Kill(-1, unix.SIGTERM)
+		if !waitNoProcesses(stopGrace) {
+			unix.Kill(-1, unix.SIGKILL)
+			waitNoProcesses(stopGrace)
+		}
 	}
 	unmountAll(b)
 	unix.Sync()
@@ -42,15 +45,54 @@ func (b *boot) powerOff(reason string) {
 }
 
 // waitNoProcesses waits until PID 1 is alone (the reaper collects the
-// rest) or d has passed.
-func waitNoProcesses(d time.Duration) {
+// rest) or d has passed, and says which.
+func waitNoProcesses(d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
-		if errors.Is(unix.Kill(-1, 0), unix.ESRCH) {
-			return
+		if userProcesses("/proc") == 0 {
+			return true
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	return false
+}
+
+// pfKthread is the kernel's PF_KTHREAD task flag.
+const pfKthread = 0x00200000
+
+// userProcesses counts the live user-space processes other than PID 1 in a
+// proc filesystem: kernel threads and zombies do not count. (kill(-1, 0)
+// cannot tell, as it counts kernel threads too.)
+func userProcesses(proc string) int {
+	entries, err := os.ReadDir(proc)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == 1 {
+			continue
+		}
+		b, err := os.ReadFile(proc + "/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// Fields after the command name, which may hold spaces or ")".
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 7 || f[0] == "Z" || f[0] == "X" {
+			continue
+		}
+		if flags, err := strconv.ParseUint(f[6], 10, 64); err == nil && flags&pfKthread != 0 {
+			continue
+		}
+		n++
+	}
+	return n
 }
 
 // unmountAll unmounts every mount but / (innermost first) and remounts /
