@@ -60,6 +60,7 @@ func newExecIO(req *agentproto.ExecRequest) (*execIO, error) {
 		if err != nil {
 			return nil, err
 		}
+		unix.FcntlInt(r.Fd(), unix.F_SETPIPE_SZ, 1<<20) // bigger reads, bigger frames; best effort
 		e.child[1+i] = w
 		e.outs = append(e.outs, execOut{r: r, frame: frame})
 	}

@@ -80,6 +80,7 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, cfg Config) error {
 	// generous because a host under software emulation can stall.
 	ycfg.KeepAliveInterval = 5 * time.Second
 	ycfg.ConnectionWriteTimeout = 15 * time.Second
+	ycfg.MaxStreamWindowSize = 4 << 20 // uploads at the channel's speed, as the host's window does for output
 	sess, err := yamux.Server(&syncStripper{rwc: conn}, ycfg)
 	if err != nil {
 		return fmt.Errorf("starting yamux session: %w", err)

@@ -36,11 +36,12 @@ var ErrFrameTooLarge = errors.New("agentproto: frame too large")
 // Conn frames one stream. Reads must come from one goroutine; writes are
 // serialised by Conn and safe for concurrent use.
 type Conn struct {
-	r   *bufio.Reader
-	w   io.Writer
-	c   io.Closer
-	wmu sync.Mutex
-	hdr [5]byte
+	r    *bufio.Reader
+	w    io.Writer
+	c    io.Closer
+	wmu  sync.Mutex
+	wbuf []byte // header and payload of the frame being written (under wmu)
+	hdr  [5]byte
 }
 
 // NewConn wraps a stream (a yamux stream or any byte stream).
@@ -61,7 +62,8 @@ func (c *Conn) WriteFrame(t FrameType, p []byte) error {
 		var hdr [5]byte
 		hdr[0] = byte(t)
 		binary.BigEndian.PutUint32(hdr[1:], uint32(n))
-		if _, err := c.w.Write(append(hdr[:], p[:n]...)); err != nil {
+		c.wbuf = append(append(c.wbuf[:0], hdr[:]...), p[:n]...) // one write: one yamux frame
+		if _, err := c.w.Write(c.wbuf); err != nil {
 			return err
 		}
 		p = p[n:]
