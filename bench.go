@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,8 +17,8 @@ import (
 // Bench modes: how the measured VMs come to be.
 const (
 	BenchCold    = "cold"    // created and booted from nothing
-	BenchRestore = "restore" // restored from a snapshot (not available yet)
-	BenchPool    = "pool"    // taken from a warm pool (not available yet)
+	BenchRestore = "restore" // restored from a snapshot (bench_modes.go)
+	BenchPool    = "pool"    // taken from a warm pool (bench_modes.go)
 )
 
 // Bench teardowns: how a measured VM ends.
@@ -41,13 +40,14 @@ const (
 
 // BenchOptions configure Bench.
 type BenchOptions struct {
-	VMs      int    `json:"vms"`      // measured VMs, one after another (default 5)
-	Image    string `json:"image"`    // default "tiny"
-	Kernel   string `json:"kernel"`   // default: found as New finds it
-	Mode     string `json:"mode"`     // BenchCold (default); restore and pool are not available yet
-	Teardown string `json:"teardown"` // BenchTeardownStop (default) or BenchTeardownKill
-	Baseline bool   `json:"baseline"` // also time a bare QEMU boot of the same kernel, and ssh where available
-	DiskGiB  int    `json:"disk_gib"` // also time creating a VM from a DiskGiB rootfs beside cp of it; 0 = skip
+	VMs      int     `json:"vms"`           // measured VMs, one after another (default 5)
+	Image    string  `json:"image"`         // default "tiny"
+	Kernel   string  `json:"kernel"`        // default: found as New finds it
+	Net      NetMode `json:"net,omitempty"` // the VMs' network (default: as New chooses; restore and pool compare on user)
+	Mode     string  `json:"mode"`          // BenchCold (default); restore and pool are not available yet
+	Teardown string  `json:"teardown"`      // BenchTeardownStop (default) or BenchTeardownKill
+	Baseline bool    `json:"baseline"`      // also time a bare QEMU boot of the same kernel, and ssh where available
+	DiskGiB  int     `json:"disk_gib"`      // also time creating a VM from a DiskGiB rootfs beside cp of it; 0 = skip
 	// Progress receives one line per VM as the run goes; nil is quiet.
 	Progress io.Writer `json:"-"`
 }
@@ -60,6 +60,7 @@ type BenchReport struct {
 	Memory    BenchMemory     `json:"memory"`
 	Baselines []BenchBaseline `json:"baselines,omitempty"`
 	Disk      *BenchDisk      `json:"disk,omitempty"`
+	Compare   *BenchCompare   `json:"compare,omitempty"` // restore or pool beside cold (bench_modes.go)
 	VMs       []BenchVM       `json:"vms"`
 }
 
@@ -153,7 +154,6 @@ func (o BenchOptions) withDefaults() (BenchOptions, error) {
 		o.Mode = BenchCold
 	case BenchCold:
 	case BenchRestore, BenchPool:
-		return o, fmt.Errorf("bench mode %s: not available yet (snapshots and the warm pool are not built): %w", o.Mode, errors.ErrUnsupported)
 	default:
 		return o, fmt.Errorf("%w bench mode %q: want cold, restore or pool", ErrInvalid, o.Mode)
 	}
@@ -222,6 +222,13 @@ func (b *bencher) run(ctx context.Context) (*BenchReport, error) {
 		b.progress("%s", line)
 	}
 	b.summarise(rep)
+	if b.opts.Mode != BenchCold {
+		cmp, err := b.compareMode(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("%s mode: %w", b.opts.Mode, err)
+		}
+		rep.Compare = cmp
+	}
 	if bare != nil {
 		rep.Baselines = append(rep.Baselines, bare.baseline(rep))
 		rep.Baselines = append(rep.Baselines, b.sshBaseline(ctx, rep))
@@ -278,7 +285,7 @@ func (b *bencher) oneVM(ctx context.Context, suffix string, opt []Option, host *
 	v.ID = "bench-" + b.tag + "-" + suffix
 	v.Ms = map[string]float64{}
 	begin := time.Now()
-	vm, err := New(ctx, Config{Name: v.ID, Image: b.opts.Image, Kernel: b.opts.Kernel}, opt...)
+	vm, err := New(ctx, Config{Name: v.ID, Image: b.opts.Image, Kernel: b.opts.Kernel, Net: b.opts.Net}, opt...)
 	if err != nil {
 		return v, err
 	}

@@ -26,8 +26,10 @@ same kernel to an initramfs that prints and powers off, and ssh into a VM
 when this smolvm has an ssh command; each prints with its ratio.
 --disk-gib N times creating a VM from an N GiB rootfs beside cp of it.
 
-Modes: cold (from nothing). restore (from a snapshot) and pool (from a warm
-pool) are not available yet.`,
+Modes: cold (from nothing); restore and pool also time, alternately with a
+cold boot of the same configuration, a clone from a snapshot (restore) or a
+VM taken from a warm pool (pool) up to its first command, and print the
+ratio to the cold boot's.`,
 		Example: `  smolvm bench --vms 10 --baseline
   smolvm bench --vms 10 --teardown kill --json > bench.json
   smolvm bench --vms 5 --disk-gib 2`,
@@ -53,7 +55,8 @@ pool) are not available yet.`,
 	f.IntVar(&opts.VMs, "vms", 5, "VMs to measure, one after another")
 	f.StringVar(&opts.Image, "image", "tiny", "image the VMs boot")
 	f.StringVar(&opts.Kernel, "kernel", "", "guest kernel (default: found as create finds it)")
-	f.StringVar(&opts.Mode, "mode", smolvm.BenchCold, "cold; restore and pool are not available yet")
+	f.StringVar((*string)(&opts.Net), "net", "", "network of the VMs: none, user or tap (default: as create chooses)")
+	f.StringVar(&opts.Mode, "mode", smolvm.BenchCold, "cold; restore or pool: also time clone/acquire → first command beside cold boot → first command")
 	f.StringVar(&opts.Teardown, "teardown", smolvm.BenchTeardownStop, "stop: graceful stop then delete; kill: delete the running VM")
 	f.BoolVar(&opts.Baseline, "baseline", false, "also measure a bare QEMU boot (and ssh, when available) in the same run")
 	f.IntVar(&opts.DiskGiB, "disk-gib", 0, "also time create from a rootfs of this many GiB beside cp of it (0: skip)")
@@ -94,6 +97,11 @@ func printBench(w io.Writer, rep *smolvm.BenchReport, perVM bool) error {
 			continue
 		}
 		fmt.Fprintf(w, "%s: p50 %.1f ms, p95 %.1f ms; %s p50 / this = %.2fx\n", b.Name, b.Ms.P50, b.Ms.P95, b.Compare, b.Ratio)
+	}
+	if c := rep.Compare; c != nil {
+		fmt.Fprintf(w, "\n%s → first command: p50 %.1f ms, p95 %.1f ms; cold boot → first command (same config, same run): p50 %.0f ms, p95 %.0f ms\n",
+			c.Mode, c.Fast.P50, c.Fast.P95, c.Cold.P50, c.Cold.P95)
+		fmt.Fprintf(w, "%s / cold = %.3fx (target ≤ %.2fx); setup (snapshot or pool) %.0f ms, once\n", c.Mode, c.Ratio, c.Target, c.Setup)
 	}
 	if d := rep.Disk; d != nil {
 		fmt.Fprintf(w, "\ndisk: create from a %d GiB rootfs (%s) p50 %.1f ms vs cp of it p50 %.0f ms: %.4fx\n",

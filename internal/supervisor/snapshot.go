@@ -85,10 +85,14 @@ func (s *supervisor) startVMM(ctx context.Context, backend vmm.Backend) (vmm.Ins
 }
 
 // resync ends a session the guest may still hold from before a restore
-// (see agentproto.SyncLine). A write error shows up in the hello read.
+// (see agentproto.SyncLine). The line goes twice: a session whose host had
+// not yet sent anything (a snapshot right after boot) takes the first as
+// its own start-of-session sync line and drops it, so only the second ends
+// it; a session past its start ends at the first, and the fresh session
+// drops the second. A write error shows up in the hello read.
 func (s *supervisor) resync(conn net.Conn) {
 	if s.plan.Restore != nil {
-		io.WriteString(conn, agentproto.SyncLine)
+		io.WriteString(conn, agentproto.SyncLine+agentproto.SyncLine)
 	}
 }
 
