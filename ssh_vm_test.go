@@ -1,0 +1,150 @@
+package smolvm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smolvm/smolvm/internal/vmtest"
+)
+
+// sshArgs returns OpenSSH options for info with key (and -p or -P).
+func sshArgs(info SSHInfo, key, portFlag string) []string {
+	return []string{"-i", key, portFlag, strconv.Itoa(info.Port), "-o", "StrictHostKeyChecking=no",
+		"-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+		"-o", "IdentitiesOnly=yes"}
+}
+
+func TestSSHVM(t *testing.T) {
+	vmtest.Require(t, "ssh", "scp", "sftp")
+	vm := bootQuiet(t, Config{})
+	ctx := context.Background()
+	info, err := vm.SSH(ctx, SSHOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Port < 2200 || info.Port > 2999 || info.Host != "127.0.0.1" {
+		t.Fatalf("ssh info %+v", info)
+	}
+	target := "root@127.0.0.1"
+	run := func(name string, args ...string) (string, int) {
+		var out bytes.Buffer
+		cmd := exec.Command(name, args...)
+		cmd.Stdout, cmd.Stderr = &out, &out
+		cmd.Stdin = strings.NewReader("from stdin")
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return out.String(), ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return out.String(), 0
+	}
+
+	out, code := run("ssh", append(sshArgs(info, info.KeyPath, "-p"), target, `cat; echo " $((6*7)) $(pwd)"; exit 3`)...)
+	if code != 3 || out != "from stdin 42 /root\n" {
+		t.Fatalf("ssh: exit %d, output %q", code, out)
+	}
+
+	dir := t.TempDir()
+	local := filepath.Join(dir, "up.txt")
+	os.WriteFile(local, []byte("via scp\n"), 0o640)
+	if out, code := run("scp", append(sshArgs(info, info.KeyPath, "-P"), local, target+":/tmp/up.txt")...); code != 0 {
+		t.Fatalf("scp up: %d %s", code, out)
+	}
+	if b, err := vm.ReadFile(ctx, "/tmp/up.txt"); err != nil || string(b) != "via scp\n" {
+		t.Fatalf("after scp: %q %v", b, err)
+	}
+	batch := filepath.Join(dir, "batch")
+	os.WriteFile(batch, []byte(fmt.Sprintf("mkdir /tmp/sftpdir\nput %s /tmp/sftpdir/x\nls /tmp/sftpdir\nget /tmp/up.txt %s/down.txt\n", local, dir)), 0o644)
+	if out, code := run("sftp", append(sshArgs(info, info.KeyPath, "-P"), "-b", batch, target)...); code != 0 || !strings.Contains(out, "/tmp/sftpdir/x") {
+		t.Fatalf("sftp: %d %s", code, out)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "down.txt")); string(b) != "via scp\n" {
+		t.Fatalf("sftp get: %q", b)
+	}
+
+	// A key the VM was not given is refused; --ssh-key authorizes one.
+	other := filepath.Join(dir, "other_key")
+	if err := makeSSHKey(other); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := run("ssh", append(sshArgs(info, other, "-p"), target, "true")...); code != 255 {
+		t.Fatalf("unauthorized key: exit %d %s", code, out)
+	}
+	if _, err := vm.SSH(ctx, SSHOptions{KeyPath: other}); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := run("ssh", append(sshArgs(info, other, "-p"), target, "true")...); code != 0 {
+		t.Fatalf("authorized key: exit %d %s", code, out)
+	}
+}
+
+// tmux drives a real terminal multiplexer on its own server socket.
+type tmux struct {
+	t      *testing.T
+	socket string
+	name   string
+}
+
+func (m *tmux) cmd(args ...string) string {
+	m.t.Helper()
+	out, err := exec.Command("tmux", append([]string{"-L", m.socket}, args...)...).CombinedOutput()
+	if err != nil {
+		m.t.Fatalf("tmux %v: %v %s", args, err, out)
+	}
+	return string(out)
+}
+
+// waitFor polls the pane until it shows want (a terminal gives no event).
+func (m *tmux) waitFor(want string) {
+	m.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		pane := m.cmd("capture-pane", "-p", "-t", m.name)
+		if strings.Contains(pane, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			m.t.Fatalf("pane never showed %q; it shows:\n%s", want, pane)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestShellUnderTmuxVM(t *testing.T) {
+	vmtest.Require(t, "tmux")
+	vm := bootQuiet(t, Config{})
+	m := &tmux{t: t, socket: fmt.Sprintf("smolvm-test-%d", os.Getpid()), name: "sh"}
+	shell := fmt.Sprintf("%s --data-dir %s shell %s; echo SHELL-EXIT=$?; sleep 600",
+		vmtest.Binary(t), vmtest.DataDir(t), vm.ID())
+	m.cmd("new-session", "-d", "-s", m.name, "-x", "100", "-y", "30", shell)
+	t.Cleanup(func() { exec.Command("tmux", "-L", m.socket, "kill-server").Run() })
+
+	m.cmd("send-keys", "-t", m.name, "stty size; echo term=$TERM", "Enter")
+	m.waitFor("30 100")
+	m.waitFor("term=xterm-256color")
+	m.cmd("send-keys", "-t", m.name, "sleep 600", "Enter")
+	m.cmd("send-keys", "-t", m.name, "C-c")
+	m.cmd("send-keys", "-t", m.name, "echo after-$((40+2))", "Enter")
+	m.waitFor("after-42")
+	m.cmd("resize-window", "-t", m.name, "-x", "120", "-y", "40")
+	m.cmd("send-keys", "-t", m.name, "stty size", "Enter")
+	m.waitFor("40 120")
+	m.cmd("send-keys", "-t", m.name, "exit 3", "Enter")
+	m.waitFor("SHELL-EXIT=3")
+	res, err := vm.Run(context.Background(), Shell("ps | grep -c '[s]leep 600'"), RunOptions{})
+	if err != nil || strings.TrimSpace(string(res.Stdout)) != "0" {
+		t.Fatalf("the interrupted sleep still runs: %q %v", res.Stdout, err)
+	}
+}
