@@ -130,4 +130,3 @@ func envInt(b *testing.B, name string, def int) int {
 	}
 	return n
 }
-
