@@ -44,7 +44,7 @@ type BenchOptions struct {
 	Image    string  `json:"image"`         // default "tiny"
 	Kernel   string  `json:"kernel"`        // default: found as New finds it
 	Net      NetMode `json:"net,omitempty"` // the VMs' network (default: as New chooses; restore and pool compare on user)
-	Mode     string  `json:"mode"`          // BenchCold (default); restore and pool are not available yet
+	Mode     string  `json:"mode"`          // BenchCold (default), BenchRestore or BenchPool
 	Teardown string  `json:"teardown"`      // BenchTeardownStop (default) or BenchTeardownKill
 	Baseline bool    `json:"baseline"`      // also time a bare QEMU boot of the same kernel, and ssh where available
 	DiskGiB  int     `json:"disk_gib"`      // also time creating a VM from a DiskGiB rootfs beside cp of it; 0 = skip

@@ -62,8 +62,8 @@ func TestBenchOptions(t *testing.T) {
 	}{
 		{"defaults", BenchOptions{}, BenchOptions{VMs: 5, Image: "tiny", Mode: BenchCold, Teardown: BenchTeardownStop}, nil, ""},
 		{"kill teardown", BenchOptions{VMs: 2, Teardown: "kill"}, BenchOptions{VMs: 2, Image: "tiny", Mode: BenchCold, Teardown: BenchTeardownKill}, nil, ""},
-		{"restore not yet", BenchOptions{Mode: "restore"}, BenchOptions{}, errors.ErrUnsupported, "not available yet"},
-		{"pool not yet", BenchOptions{Mode: "pool"}, BenchOptions{}, errors.ErrUnsupported, "not available yet"},
+		{"restore", BenchOptions{Mode: "restore"}, BenchOptions{VMs: 5, Image: "tiny", Mode: BenchRestore, Teardown: BenchTeardownStop}, nil, ""},
+		{"pool", BenchOptions{Mode: "pool"}, BenchOptions{VMs: 5, Image: "tiny", Mode: BenchPool, Teardown: BenchTeardownStop}, nil, ""},
 		{"unknown mode", BenchOptions{Mode: "warm"}, BenchOptions{}, ErrInvalid, "want cold, restore or pool"},
 		{"negative vms", BenchOptions{VMs: -1}, BenchOptions{}, ErrInvalid, "--vms -1"},
 		{"unknown teardown", BenchOptions{Teardown: "nuke"}, BenchOptions{}, ErrInvalid, "teardown"},
