@@ -203,9 +203,18 @@ func (h *host) refill(ctx context.Context, name string) error {
 		if err != nil {
 			return err
 		}
-		if _, err := h.clone(ctx, rec.Snapshot, id); err != nil {
+		vm, err := h.clone(ctx, rec.Snapshot, id)
+		if err != nil {
 			h.store.DropPoolMember(context.WithoutCancel(ctx), id)
 			return err
+		}
+		// One command before it counts as ready: a restored guest's first
+		// exec pays for faulting in the agent's pages and, under TCG,
+		// translating its code again; the taker should not.
+		if _, err := vm.Run(ctx, []string{"true"}, RunOptions{}); err != nil {
+			h.store.DropPoolMember(context.WithoutCancel(ctx), id)
+			h.remove(context.WithoutCancel(ctx), id)
+			return fmt.Errorf("warming pool member %s: %w", id, err)
 		}
 		if err := h.store.MarkPoolReady(ctx, id); err != nil {
 			// The pool went while the clone started: it is nobody's.
