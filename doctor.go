@@ -9,6 +9,7 @@ import (
 
 	"github.com/smolvm/smolvm/internal/image"
 	"github.com/smolvm/smolvm/internal/vmm/backends"
+	"github.com/smolvm/smolvm/internal/vmm/firecracker"
 	"golang.org/x/sys/unix"
 )
 
@@ -28,12 +29,11 @@ func Doctor(ctx context.Context, opt ...Option) []Check {
 	add := func(name, status, detail, fix string) {
 		out = append(out, Check{Name: name, Status: status, Detail: detail, Fix: fix})
 	}
-	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
-		f.Close()
+	if err := firecracker.CheckKVM("/dev/kvm"); err == nil {
 		add("kvm", "ok", "/dev/kvm is usable: hardware virtualisation", "")
 	} else {
-		add("kvm", "warn", fmt.Sprintf("/dev/kvm not usable (%v): VMs run under QEMU software emulation (TCG), 10-50x slower", unwrapPath(err)),
-			"enable virtualisation in the BIOS or nested virtualisation in your cloud, load kvm_intel/kvm_amd, and add your user to the kvm group")
+		add("kvm", "warn", err.Error()+": VMs run under QEMU software emulation (TCG), several times slower",
+			"enable hardware virtualisation (VT-x/AMD-V; nested virtualisation on a cloud VM), load kvm_intel or kvm_amd, and give this user read-write access to /dev/kvm")
 	}
 	if path, err := exec.LookPath("qemu-system-x86_64"); err == nil {
 		v, _ := exec.CommandContext(ctx, path, "--version").Output()
@@ -45,9 +45,9 @@ func Doctor(ctx context.Context, opt ...Option) []Check {
 		switch {
 		case b.Selected:
 			usable = true
-			detail := fmt.Sprintf("selected (%s): %s", b.Accel, b.Why)
+			detail := fmt.Sprintf("selected, with %s", b.Accel)
 			if b.Warning != "" {
-				add(name, "warn", detail+"; "+b.Warning, b.Install)
+				add(name, "warn", detail+": "+b.Warning, b.Install)
 			} else {
 				add(name, "ok", detail, "")
 			}
@@ -92,11 +92,4 @@ func Doctor(ctx context.Context, opt ...Option) []Check {
 		add("kernel", "warn", err.Error(), "smolvm fetches the distribution's cloud kernel with apt on first use; or pass --kernel PATH")
 	}
 	return out
-}
-
-func unwrapPath(err error) error {
-	if pe, ok := err.(*os.PathError); ok {
-		return pe.Err
-	}
-	return err
 }
