@@ -127,7 +127,7 @@ func cmp(s, def string) string {
 }
 
 func (b *boot) loadModules() (string, error) {
-	n, err := loadModules(b.log, agentproto.InitramfsModuleList, b.cmdline)
+	n, err := loadModules(b.log, agentproto.InitramfsModuleList, b.cmdline, "/sys")
 	if err != nil {
 		return "", err
 	}

@@ -20,12 +20,13 @@ const (
 	virtioIDVsock   = 0x13
 )
 
-// hasVirtioDevice says whether the guest has a virtio device of type id.
+// hasVirtioDevice says whether the guest has a virtio device of type id
+// (any type when id is -1).
 func hasVirtioDevice(sys string, id int) bool {
 	files, _ := filepath.Glob(filepath.Join(sys, "bus/virtio/devices/*/device"))
 	want := fmt.Sprintf("0x%04x", id)
 	for _, f := range files {
-		if b, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(b)) == want {
+		if b, err := os.ReadFile(f); err == nil && (id == -1 || strings.TrimSpace(string(b)) == want) {
 			return true
 		}
 	}

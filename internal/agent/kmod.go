@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,38 +14,171 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// moduleDevices maps driver modules to the virtio device type they drive
+// (the ids /sys/bus/virtio/devices/*/device shows). A driver whose device
+// the machine lacks is not loaded, nor are the modules only it needs: each
+// costs tens of milliseconds under software emulation.
+var moduleDevices = map[string]int{
+	"virtio_net":                 0x01,
+	"virtio_blk":                 0x02,
+	"virtio_console":             0x03,
+	"virtio_rng":                 0x04,
+	"vmw_vsock_virtio_transport": 0x13,
+}
+
+// kmodEntry is one module of the initramfs's list.
+type kmodEntry struct {
+	path string
+	name string
+	deps []string
+}
+
 // loadModules loads the kernel modules listed (one path a line, in load
 // order) in the file at list, giving each the parameters the kernel command
-// line sets for it ("virtio_mmio.device=..."), as modprobe would. A missing
-// list means there is nothing to load; a module already loaded is fine; a
-// module that fails is logged and skipped (whatever needed it fails later
-// with a clearer error). It returns how many modules were loaded.
-func loadModules(log *slog.Logger, list, cmdline string) (int, error) {
+// line sets for it ("virtio_mmio.device=..."), as modprobe would. Modules
+// nothing else depends on and that drive no virtio device (virtio_mmio,
+// overlay) load first, with their dependencies; then the drivers of the
+// virtio devices present under sys (all of them if none can be seen). A
+// missing list means there is nothing to load; a module already loaded is
+// fine; a module that fails is logged and skipped (whatever needed it fails
+// later with a clearer error). It returns how many modules were loaded.
+func loadModules(log *slog.Logger, list, cmdline, sys string) (int, error) {
+	entries, err := readModuleList(list)
+	if err != nil {
+		return 0, err
+	}
+	var always, drivers []string
+	for _, r := range rootModules(entries) {
+		if _, ok := moduleDevices[r]; ok {
+			drivers = append(drivers, r)
+		} else {
+			always = append(always, r)
+		}
+	}
+	done := map[string]bool{}
+	n := loadEntries(log, moduleClosure(entries, always, done), cmdline, done)
+	if hasVirtioDevice(sys, -1) {
+		var present []string
+		for _, d := range drivers {
+			if hasVirtioDevice(sys, moduleDevices[d]) {
+				present = append(present, d)
+			} else {
+				log.Debug("no device for kernel module; not loading it", "module", d)
+			}
+		}
+		drivers = present
+	}
+	n += loadEntries(log, moduleClosure(entries, drivers, done), cmdline, done)
+	return n, nil
+}
+
+func loadEntries(log *slog.Logger, es []kmodEntry, cmdline string, done map[string]bool) int {
+	n := 0
+	for _, e := range es {
+		done[e.name] = true
+		params := moduleParams(cmdline, e.name)
+		if err := loadModule(e.path, params); err != nil {
+			log.Warn("skipping kernel module", "module", e.name, "err", err)
+			continue
+		}
+		log.Debug("loaded kernel module", "module", e.name, "params", params)
+		n++
+	}
+	return n
+}
+
+// readModuleList reads the list and each module's dependencies.
+func readModuleList(list string) ([]kmodEntry, error) {
 	f, err := os.Open(list)
 	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
+		return nil, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("reading module list: %w", err)
+		return nil, fmt.Errorf("reading module list: %w", err)
 	}
 	defer f.Close()
-	n := 0
+	var out []kmodEntry
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		path := strings.TrimSpace(sc.Text())
 		if path == "" {
 			continue
 		}
-		name := moduleName(path)
-		params := moduleParams(cmdline, name)
-		if err := loadModule(path, params); err != nil {
-			log.Warn("skipping kernel module", "module", name, "err", err)
-			continue
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("reading kernel module: %w", err)
 		}
-		log.Debug("loaded kernel module", "module", name, "params", params)
-		n++
+		out = append(out, kmodEntry{path: path, name: moduleName(path), deps: moduleDepends(data)})
 	}
-	return n, sc.Err()
+	return out, sc.Err()
+}
+
+// moduleDepends finds the "depends=" field of a module's .modinfo
+// strings without parsing the ELF (the agent stays small).
+func moduleDepends(data []byte) []string {
+	const key = "\x00depends="
+	i := bytes.Index(data, []byte(key))
+	if i < 0 {
+		return nil
+	}
+	v := data[i+len(key):]
+	if j := bytes.IndexByte(v, 0); j >= 0 {
+		v = v[:j]
+	}
+	var deps []string
+	for _, d := range strings.Split(string(v), ",") {
+		if d = strings.TrimSpace(d); d != "" {
+			deps = append(deps, strings.ReplaceAll(d, "-", "_"))
+		}
+	}
+	return deps
+}
+
+// rootModules lists, in order, the modules no other listed module needs.
+func rootModules(entries []kmodEntry) []string {
+	needed := map[string]bool{}
+	for _, e := range entries {
+		for _, d := range e.deps {
+			needed[d] = true
+		}
+	}
+	var roots []string
+	for _, e := range entries {
+		if !needed[e.name] {
+			roots = append(roots, e.name)
+		}
+	}
+	return roots
+}
+
+// moduleClosure returns, in list order, the entries that roots need
+// (themselves included), leaving out those in done.
+func moduleClosure(entries []kmodEntry, roots []string, done map[string]bool) []kmodEntry {
+	byName := map[string]kmodEntry{}
+	for _, e := range entries {
+		byName[e.name] = e
+	}
+	want := map[string]bool{}
+	var visit func(string)
+	visit = func(name string) {
+		if want[name] || done[name] {
+			return
+		}
+		want[name] = true
+		for _, d := range byName[name].deps {
+			visit(d)
+		}
+	}
+	for _, r := range roots {
+		visit(r)
+	}
+	var out []kmodEntry
+	for _, e := range entries {
+		if want[e.name] {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func loadModule(path, params string) error {

@@ -146,6 +146,13 @@ func (s *syncStripper) Close() error                { return s.rwc.Close() }
 func (s *server) handle(ctx context.Context, st net.Conn) {
 	c := agentproto.NewConn(st)
 	defer c.Close()
+	defer func() {
+		// A bug in one request must not take PID 1, and the VM, down.
+		if v := recover(); v != nil {
+			s.log.Error("request handler panicked", "panic", v)
+			replyError(c, fmt.Errorf("agent bug: %v", v))
+		}
+	}()
 	var req agentproto.Request
 	if err := c.ReadJSON(agentproto.FrameRequest, &req); err != nil {
 		s.log.Debug("reading request", "err", err)
