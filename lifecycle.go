@@ -2,6 +2,7 @@ package smolvm
 
 import (
 	"context"
+	"debug/elf"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -71,6 +72,9 @@ func (vm *VM) launch(ctx context.Context, r store.VM) error {
 	if err := checkBacking(rec); err != nil {
 		return err
 	}
+	if err := checkStatic(h.opts.exe); err != nil {
+		return err
+	}
 	initrd, err := image.BuildInitramfs(ctx, h.path("initramfs"), h.opts.exe, rec.Kernel)
 	if err != nil {
 		return fmt.Errorf("building initramfs: %w", err)
@@ -128,6 +132,22 @@ func (h *host) vmlinux(k image.Kernel) (string, error) {
 		return "", fmt.Errorf("extracting vmlinux for firecracker: %w", err)
 	}
 	return dst, nil
+}
+
+// checkStatic refuses a dynamically linked smolvm binary: it becomes the
+// guest's /init, where there is no dynamic loader.
+func checkStatic(exe string) error {
+	f, err := elf.Open(exe)
+	if err != nil {
+		return fmt.Errorf("reading the smolvm binary %s: %w", exe, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("%w: the smolvm binary %s is dynamically linked, but it must run as the guest's init: build it with CGO_ENABLED=0 (scripts/setup does)", ErrInvalid, exe)
+		}
+	}
+	return nil
 }
 
 func isELF(path string) bool {

@@ -168,6 +168,15 @@ func (s *supervisor) connectAgent(ctx context.Context) (agentproto.Hello, error)
 	var r result
 	select {
 	case r = <-done:
+		if r.err != nil {
+			// The channel closed: usually the guest died. Say so, with its
+			// console, rather than "EOF".
+			select {
+			case <-s.inst.Done():
+				r.err = fmt.Errorf("the VMM exited during boot (%v)%s", s.inst.Err(), s.consoleHint())
+			case <-time.After(2 * time.Second):
+			}
+		}
 	case <-s.inst.Done():
 		r.err = fmt.Errorf("the VMM exited during boot (%v)%s", s.inst.Err(), s.consoleHint())
 	case <-ctx.Done():
@@ -181,7 +190,8 @@ func (s *supervisor) connectAgent(ctx context.Context) (agentproto.Hello, error)
 	return r.hello, err
 }
 
-// consoleHint names the console log and quotes its last line, for errors.
+// consoleHint names the console log and quotes its telling line, for
+// errors: the first kernel panic or agent failure, else the last line.
 func (s *supervisor) consoleHint() string {
 	path := s.plan.VMM.ConsoleLog
 	b, err := os.ReadFile(path)
@@ -189,11 +199,20 @@ func (s *supervisor) consoleHint() string {
 		return ""
 	}
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	last := strings.TrimSpace(lines[len(lines)-1])
-	if len(last) > 160 {
-		last = last[:160]
+	pick := strings.TrimSpace(lines[len(lines)-1])
+	for i, l := range lines {
+		if strings.Contains(l, "Kernel panic") || strings.Contains(l, "smolvm-agent: fatal") {
+			pick = strings.TrimSpace(l)
+			if i > 0 && strings.Contains(lines[i-1], "init") {
+				pick = strings.TrimSpace(lines[i-1]) + " / " + pick
+			}
+			break
+		}
 	}
-	return fmt.Sprintf("; console %s ends: %q", path, last)
+	if len(pick) > 200 {
+		pick = pick[:200]
+	}
+	return fmt.Sprintf("; console %s: %q", path, pick)
 }
 
 // fail records a failed start: the row goes to error, the starter is told.
