@@ -60,7 +60,7 @@ func newExecIO(req *agentproto.ExecRequest) (*execIO, error) {
 		if err != nil {
 			return nil, err
 		}
-		unix.FcntlInt(r.Fd(), unix.F_SETPIPE_SZ, 1<<20) // bigger reads, bigger frames; best effort
+		growPipe(r)
 		e.child[1+i] = w
 		e.outs = append(e.outs, execOut{r: r, frame: frame})
 	}
@@ -183,3 +183,12 @@ func pollable(f *os.File) (*os.File, error) {
 }
 
 func jsonUnmarshal(p []byte, v any) error { return json.Unmarshal(p, v) }
+
+// growPipe makes a pipe's buffer 1 MiB, for bigger reads and so bigger
+// frames (best effort). It goes through SyscallConn, not Fd, which would
+// make the file blocking and stop Close from interrupting a Read.
+func growPipe(f *os.File) {
+	if rc, err := f.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) })
+	}
+}

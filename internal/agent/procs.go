@@ -184,11 +184,36 @@ func (s *server) procStart(c *agentproto.Conn, req *agentproto.Request) error {
 	state.nextProc++
 	p.id = "p" + strconv.Itoa(state.nextProc)
 	state.procs[p.id] = p
+	state.forgetOldExited(maxExitedProcs)
 	state.mu.Unlock()
 	go s.superviseProc(p, wait, eio, time.Duration(x.TimeoutMs)*time.Millisecond)
 	s.log.Debug("background process started", "id", p.id, "pid", pid, "argv", x.Argv)
 	pi := p.info()
 	return c.WriteJSON(agentproto.FrameResponse, agentproto.Response{PID: pid, Proc: &pi})
+}
+
+// maxExitedProcs bounds the exited background processes (and their
+// output) the agent keeps; the oldest are forgotten first.
+const maxExitedProcs = 64
+
+// forgetOldExited drops the oldest exited processes beyond keep. st.mu
+// must be held.
+func (st *State) forgetOldExited(keep int) {
+	var exited []*proc
+	for _, p := range st.procs {
+		select {
+		case <-p.done:
+			exited = append(exited, p)
+		default:
+		}
+	}
+	if len(exited) <= keep {
+		return
+	}
+	slices.SortFunc(exited, func(a, b *proc) int { return a.exited.Compare(b.exited) })
+	for _, p := range exited[:len(exited)-keep] {
+		delete(st.procs, p.id)
+	}
 }
 
 // superviseProc copies a background process's output into its rings and

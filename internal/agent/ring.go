@@ -7,14 +7,27 @@ import "sync"
 // of it was dropped. Safe for concurrent use.
 type ring struct {
 	mu     sync.Mutex
-	data   []byte // the byte at offset o lives at data[o%len(data)]
-	total  int64  // bytes ever written
+	data   []byte // the byte at offset o lives at data[o%len(data)]; grows to max before it wraps
+	max    int
+	total  int64 // bytes ever written
 	closed bool
 	notify chan struct{} // closed (and replaced) on each write and on close
 }
 
 func newRing(size int) *ring {
-	return &ring{data: make([]byte, size), notify: make(chan struct{})}
+	return &ring{data: make([]byte, min(size, 4<<10)), max: size, notify: make(chan struct{})}
+}
+
+// grow makes room for n more bytes while the ring has not wrapped yet,
+// so a quiet process costs little memory.
+func (r *ring) grow(n int) {
+	if len(r.data) >= r.max || r.total+int64(n) <= int64(len(r.data)) {
+		return
+	}
+	size := min(r.max, max(2*len(r.data), int(r.total)+n))
+	data := make([]byte, size)
+	copy(data, r.data[:r.total])
+	r.data = data
 }
 
 // Write keeps p (its tail, when p is larger than the ring). It never fails.
@@ -22,6 +35,7 @@ func (r *ring) Write(p []byte) (int, error) {
 	n := len(p)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.grow(len(p))
 	size := int64(len(r.data))
 	if int64(len(p)) > size {
 		r.total += int64(len(p)) - size
