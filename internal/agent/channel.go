@@ -89,35 +89,51 @@ func (b *boot) servePort(path string, cfg Config) {
 
 // serveVsock listens on the agent's vsock port and serves every
 // connection, concurrently, for as long as the guest runs. It returns only
-// when it cannot listen.
+// when it cannot listen or accept.
 func (b *boot) serveVsock(cfg Config) error {
+	fd, err := listenVsock(agentproto.VsockPort)
+	if err != nil {
+		return err
+	}
+	b.log.Debug("listening on vsock", "port", agentproto.VsockPort)
+	return b.acceptLoop(fd, cfg)
+}
+
+// listenVsock returns a listening vsock socket on port, any CID.
+func listenVsock(port uint32) (int, error) {
 	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("creating vsock socket: %w", err)
+		return -1, fmt.Errorf("creating vsock socket: %w", err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: agentproto.VsockPort}); err != nil {
+	if err := unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port}); err != nil {
 		unix.Close(fd)
-		return fmt.Errorf("binding vsock port %d: %w", agentproto.VsockPort, err)
+		return -1, fmt.Errorf("binding vsock port %d: %w", port, err)
 	}
 	if err := unix.Listen(fd, 16); err != nil {
 		unix.Close(fd)
-		return fmt.Errorf("listening on vsock port %d: %w", agentproto.VsockPort, err)
+		return -1, fmt.Errorf("listening on vsock port %d: %w", port, err)
 	}
-	b.log.Debug("listening on vsock", "port", agentproto.VsockPort)
+	return fd, nil
+}
+
+// acceptLoop accepts connections on the listening socket fd (blocking)
+// and serves each in its own goroutine, so a stale connection never holds
+// up a new host. It closes fd and returns when accepting fails.
+func (b *boot) acceptLoop(fd int, cfg Config) error {
+	defer unix.Close(fd)
 	for {
 		nfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
 		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ECONNABORTED) {
 			continue
 		}
 		if err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("accepting on vsock: %w", err)
+			return fmt.Errorf("accepting agent connections: %w", err)
 		}
 		go func() {
-			conn := os.NewFile(uintptr(nfd), "vsock")
+			conn := os.NewFile(uintptr(nfd), "agent-conn")
 			defer conn.Close()
 			err := Serve(context.Background(), conn, cfg)
-			b.log.Debug("vsock connection ended", "err", err)
+			b.log.Debug("agent connection ended", "err", err)
 		}()
 	}
 }
