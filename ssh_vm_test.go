@@ -135,6 +135,7 @@ func TestShellUnderTmuxVM(t *testing.T) {
 	m.waitFor("30 100")
 	m.waitFor("term=xterm-256color")
 	m.cmd("send-keys", "-t", m.name, "sleep 600", "Enter")
+	waitGuest(t, vm, "ps | grep -c '[s]leep 600'", "1") // Ctrl-C must find it in the foreground
 	m.cmd("send-keys", "-t", m.name, "C-c")
 	m.cmd("send-keys", "-t", m.name, "echo after-$((40+2))", "Enter")
 	m.waitFor("after-42")
@@ -146,5 +147,24 @@ func TestShellUnderTmuxVM(t *testing.T) {
 	res, err := vm.Run(context.Background(), Shell("ps | grep -c '[s]leep 600'"), RunOptions{})
 	if err != nil || strings.TrimSpace(string(res.Stdout)) != "0" {
 		t.Fatalf("the interrupted sleep still runs: %q %v", res.Stdout, err)
+	}
+}
+
+// waitGuest polls script in the guest until it prints want.
+func waitGuest(t *testing.T, vm *VM, script, want string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		res, err := vm.Run(context.Background(), Shell(script), RunOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimSpace(string(res.Stdout)) == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%q printed %q, never %q", script, res.Stdout, want)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
