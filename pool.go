@@ -30,7 +30,7 @@ import (
 type PoolConfig struct {
 	Name string `json:"name"`
 	// Config is the configuration of the pool's VMs (its Name is ignored;
-	// its Net defaults to NetUser, as clones on a tap would share an address).
+	// its Net defaults as for New, and each member gets its own network).
 	Config Config `json:"config"`
 	// Size is how many ready VMs the pool keeps.
 	Size int `json:"size"`
@@ -86,10 +86,6 @@ func (h *host) createPool(ctx context.Context, pc PoolConfig) (PoolInfo, error) 
 	}
 	cfg := pc.Config
 	cfg.Name = "pool-base-" + strconv.FormatInt(time.Now().UnixNano()%1e9, 36)
-	if cfg.Net == "" {
-		// Members are clones: on a tap they would share one address.
-		cfg.Net = NetUser
-	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return PoolInfo{}, err

@@ -89,7 +89,7 @@ func (h *host) snapshot(ctx context.Context, id, name string) (SnapshotInfo, err
 	if err := json.Unmarshal(r.Spec, &plan); err != nil {
 		return SnapshotInfo{}, fmt.Errorf("decoding vm %s launch plan: %w", id, err)
 	}
-	if err := snapshottable(rec, plan); err != nil {
+	if err := snapshottable(rec); err != nil {
 		return SnapshotInfo{}, err
 	}
 	if _, err := h.store.GetSnapshot(ctx, name); err == nil {
@@ -114,17 +114,14 @@ func (h *host) snapshot(ctx context.Context, id, name string) (SnapshotInfo, err
 }
 
 // snapshottable refuses VMs whose clones could not be made faithfully.
-func snapshottable(rec record, plan supervisor.Plan) error {
+func snapshottable(rec record) error {
 	for _, d := range rec.Config.Drives {
 		if !d.ReadOnly {
 			return fmt.Errorf("%w: the vm has the writable drive %s, which clones would share; snapshots take read-only extra drives only", ErrInvalid, d.Path)
 		}
 	}
-	if plan.Net != nil && plan.Net.Mode == supervisor.NetTap {
-		// User-mode networking is private to each VMM, so clones may share
-		// the guest's address; on a tap they would clash.
-		return fmt.Errorf("snapshots of vms on a tap network are not supported yet (clones would share its address): %w", errors.ErrUnsupported)
-	}
+	// Networks need no check: each clone's supervisor sets up its own (on
+	// a tap: a new lease, tap and MAC, which the guest takes on restore).
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -152,4 +153,121 @@ func writeResolvConf(path string, dns netip.Addr) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// renumber gives the guest a clone's network identity after a restore:
+// the NIC that held the snapshot's identity (see pickRenumberNIC) takes
+// mac and gn's address and routes (renumberNIC); /etc/resolv.conf names
+// gn's resolver. It returns the NIC's name.
+func renumber(gn network.GuestNet, mac net.HardwareAddr) (string, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return "", fmt.Errorf("listing links: %w", err)
+	}
+	link := pickRenumberNIC(links, mac, linkAddrs)
+	if link == nil {
+		return "", fmt.Errorf("no network device to give %s (links: %s)", gn.IP, linkNames(links))
+	}
+	if err := renumberNIC(link, mac, gn); err != nil {
+		return "", err
+	}
+	return link.Attrs().Name, nil
+}
+
+// linkAddrs lists the IPv4 addresses on link (none when that fails).
+func linkAddrs(link netlink.Link) []netip.Addr {
+	addrs, _ := netlink.AddrList(link, netlink.FAMILY_V4)
+	out := make([]netip.Addr, 0, len(addrs))
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+// pickRenumberNIC is the link to renumber: the one whose MAC is mac
+// already, else the one carrying an address whose network.GuestMAC is its
+// MAC (the identity a smolvm host gave it before the snapshot), else the
+// only non-loopback Ethernet link, else nil.
+func pickRenumberNIC(links []netlink.Link, mac net.HardwareAddr, addrs func(netlink.Link) []netip.Addr) netlink.Link {
+	var ether []netlink.Link
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Flags&net.FlagLoopback != 0 || len(a.HardwareAddr) != 6 {
+			continue
+		}
+		if bytes.Equal(a.HardwareAddr, mac) {
+			return l
+		}
+		ether = append(ether, l)
+	}
+	for _, l := range ether {
+		for _, ip := range addrs(l) {
+			if strings.EqualFold(network.GuestMAC(ip), l.Attrs().HardwareAddr.String()) {
+				return l
+			}
+		}
+	}
+	if len(ether) == 1 {
+		return ether[0]
+	}
+	return nil
+}
+
+// renumberNIC moves a configured link to a new identity: MAC mac (when it
+// differs), gn's address in place of every other IPv4 address, routes
+// rebuilt by configureNIC, and no neighbour entries (the gateway's MAC is
+// a new tap's). Routes the kernel made for an address go with it; the
+// others on link are deleted first.
+func renumberNIC(link netlink.Link, mac net.HardwareAddr, gn network.GuestNet) error {
+	name := link.Attrs().Name
+	if !bytes.Equal(link.Attrs().HardwareAddr, mac) {
+		if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+			return fmt.Errorf("setting the MAC of %s to %s: %w", name, mac, err)
+		}
+	}
+	routes, err := netlink.RouteList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("listing routes on %s: %w", name, err)
+	}
+	for _, r := range routes {
+		if r.Protocol == unix.RTPROT_KERNEL {
+			continue
+		}
+		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("deleting route %s on %s: %w", r, name, err)
+		}
+	}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("listing addresses on %s: %w", name, err)
+	}
+	want := prefixNet(gn.IP).String()
+	for _, a := range addrs {
+		if a.IPNet.String() == want {
+			continue
+		}
+		if err := netlink.AddrDel(link, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("deleting address %s from %s: %w", a.IPNet, name, err)
+		}
+	}
+	if err := flushNeighbours(link); err != nil {
+		return err
+	}
+	return configureNIC(link, gn)
+}
+
+// flushNeighbours deletes link's IPv4 neighbour (ARP) entries.
+func flushNeighbours(link netlink.Link) error {
+	neighs, err := netlink.NeighList(link.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("listing neighbours on %s: %w", link.Attrs().Name, err)
+	}
+	for _, n := range neighs {
+		if err := netlink.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("deleting neighbour %s on %s: %w", n.IP, link.Attrs().Name, err)
+		}
+	}
+	return nil
 }

@@ -4,6 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"time"
@@ -12,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/smolvm/smolvm/internal/agentproto"
+	"github.com/smolvm/smolvm/internal/network"
 )
 
 // identity changes the machine-wide state a restore must refresh. Tests
@@ -20,11 +24,15 @@ type identity struct {
 	setClock    func(time.Time) error
 	addEntropy  func([]byte) error
 	setHostname func(string) error
+	renumber    func(network.GuestNet, net.HardwareAddr) (nic string, err error)
+	setResolver func(netip.Addr) error
 }
 
 // hostIdentity changes the real machine: only PID 1 of a guest uses it.
 func hostIdentity() identity {
-	return identity{setClock: setClock, addEntropy: addEntropy, setHostname: setHostname}
+	return identity{setClock: setClock, addEntropy: addEntropy, setHostname: setHostname,
+		renumber:    renumber,
+		setResolver: func(dns netip.Addr) error { return writeResolvConf("/etc/resolv.conf", dns) }}
 }
 
 // restored serves OpRestored: it reads the Restored frame, applies it and
@@ -39,17 +47,19 @@ func (s *server) restored(c *agentproto.Conn) {
 		replyError(c, errors.New("restored: the agent is not the guest's init; refusing to change this machine"))
 		return
 	}
-	if err := applyRestored(hostIdentity(), r); err != nil {
+	if err := applyRestored(hostIdentity(), r, s.log); err != nil {
 		replyError(c, err)
 		return
 	}
-	s.log.Info("restored from a snapshot", "hostname", r.Hostname, "clock", time.Unix(0, r.UnixNano).UTC())
+	s.log.Info("restored from a snapshot", "hostname", r.Hostname, "clock", time.Unix(0, r.UnixNano).UTC(), "net", r.Net)
 	c.WriteJSON(agentproto.FrameResponse, agentproto.Response{})
 }
 
-// applyRestored checks r and then sets the clock, mixes in the seed and
-// renames the machine, in that order.
-func applyRestored(id identity, r agentproto.Restored) error {
+// applyRestored checks r and then sets the clock, mixes in the seed,
+// renames the machine and renumbers its network, in that order. A
+// resolv.conf that cannot be written is logged, not fatal (as at boot:
+// the network still works by address).
+func applyRestored(id identity, r agentproto.Restored, log *slog.Logger) error {
 	if r.UnixNano <= 0 {
 		return fmt.Errorf("restored: clock %d is not a time", r.UnixNano)
 	}
@@ -58,6 +68,14 @@ func applyRestored(id identity, r agentproto.Restored) error {
 	}
 	if len(r.Hostname) > 64 {
 		return fmt.Errorf("restored: hostname of %d bytes, want at most 64", len(r.Hostname))
+	}
+	var gn network.GuestNet
+	var mac net.HardwareAddr
+	if r.Net != nil {
+		var err error
+		if gn, mac, err = parseRestoredNet(*r.Net); err != nil {
+			return fmt.Errorf("restored: %w", err)
+		}
 	}
 	if err := id.setClock(time.Unix(0, r.UnixNano)); err != nil {
 		return fmt.Errorf("setting the clock: %w", err)
@@ -70,7 +88,41 @@ func applyRestored(id identity, r agentproto.Restored) error {
 			return fmt.Errorf("setting hostname: %w", err)
 		}
 	}
+	if r.Net == nil {
+		return nil
+	}
+	nic, err := id.renumber(gn, mac)
+	if err != nil {
+		return fmt.Errorf("renumbering the network as %s (%s): %w", gn.IP, mac, err)
+	}
+	log.Info("network renumbered", "nic", nic, "ip", gn.IP, "mac", mac, "gateway", gn.Gateway)
+	if err := id.setResolver(gn.DNS); err != nil {
+		log.Warn("writing /etc/resolv.conf", "err", err)
+	}
 	return nil
+}
+
+// parseRestoredNet checks a restored network identity: IPv4 addresses and
+// a unicast Ethernet MAC.
+func parseRestoredNet(n agentproto.RestoredNet) (network.GuestNet, net.HardwareAddr, error) {
+	var gn network.GuestNet
+	var err error
+	if gn.IP, err = netip.ParsePrefix(n.IP); err != nil || !gn.IP.Addr().Is4() {
+		return gn, nil, fmt.Errorf("network address %q: want an IPv4 address/prefix", n.IP)
+	}
+	for _, f := range []struct {
+		name, text string
+		dst        *netip.Addr
+	}{{"gateway", n.Gateway, &gn.Gateway}, {"resolver", n.DNS, &gn.DNS}} {
+		if *f.dst, err = netip.ParseAddr(f.text); err != nil || !f.dst.Is4() {
+			return gn, nil, fmt.Errorf("%s %q: want an IPv4 address", f.name, f.text)
+		}
+	}
+	mac, err := net.ParseMAC(n.MAC)
+	if err != nil || len(mac) != 6 || mac[0]&1 != 0 {
+		return gn, nil, fmt.Errorf("MAC %q: want a unicast Ethernet address", n.MAC)
+	}
+	return gn, mac, nil
 }
 
 func setClock(t time.Time) error {

@@ -22,8 +22,22 @@ type Restored struct {
 	Seed []byte `json:"seed"`
 	// Hostname is the clone's name; empty keeps the current one.
 	Hostname string `json:"hostname,omitempty"`
-	// Network identity (address, MAC-derived settings) joins here once
-	// restored VMs get networking: see the supervisor's restoredMessage.
+	// Net, when set, is the clone's own network identity, which replaces
+	// the one the snapshot froze; nil (user-mode or no networking, or an
+	// older host) leaves the network as it is.
+	Net *RestoredNet `json:"net,omitempty"`
+}
+
+// RestoredNet is a restored guest's new network identity: the NIC that
+// carries the snapshot's address (or the only Ethernet NIC) takes MAC,
+// exactly the address IP and routes through Gateway; DNS becomes the only
+// nameserver. Addresses are in text form: IP as "172.16.0.5/32", Gateway
+// and DNS as "172.16.0.1", MAC as "06:00:ac:10:00:05".
+type RestoredNet struct {
+	IP      string `json:"ip"`
+	Gateway string `json:"gateway"`
+	DNS     string `json:"dns"`
+	MAC     string `json:"mac"`
 }
 
 // SyncLine is what a host writes right after connecting to the agent's

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/smolvm/smolvm/internal/agentproto"
 	"github.com/smolvm/smolvm/internal/network"
 	"github.com/smolvm/smolvm/internal/vmm"
 	"github.com/smolvm/smolvm/internal/vmm/qemu"
@@ -142,6 +143,21 @@ func (s *supervisor) setupTap(ctx context.Context, p *NetPlan) (err error) {
 	s.appendCmdline(network.GuestCmdline(att))
 	s.log.Info("network set up", "tap", att.Tap, "guest_ip", att.GuestIP, "egress", policy.String())
 	return nil
+}
+
+// restoredNet is the network identity a restored guest must take: its
+// tap attachment's, or nil when it keeps the snapshot's (user mode: every
+// VMM has its own 10.0.2.0/24; none: no NIC).
+func (n *netState) restoredNet() *agentproto.RestoredNet {
+	if n == nil || n.mode != NetTap || n.att == nil {
+		return nil
+	}
+	return &agentproto.RestoredNet{
+		IP:      netip.PrefixFrom(n.att.GuestIP, 32).String(),
+		Gateway: n.att.Gateway.String(),
+		DNS:     n.att.DNS.String(),
+		MAC:     n.att.MAC,
+	}
 }
 
 func (s *supervisor) appendCmdline(words string) {

@@ -133,15 +133,15 @@ func (s *supervisor) sendRestored(ctx context.Context) error {
 	return nil
 }
 
-// restoredMessage is the identity a clone gets. Networking hook: when the
-// VM's network plan gives the clone its own address or MAC, it goes into
-// agentproto.Restored here (and the agent's applyRestored applies it).
+// restoredMessage is the identity a clone gets: a fresh seed, its name
+// and, on a tap network, the address, gateway, resolver and MAC its own
+// setupNet leased (user-mode addresses are private to each VMM and stay).
 func (s *supervisor) restoredMessage() (agentproto.Restored, error) {
 	seed := make([]byte, 64)
 	if _, err := rand.Read(seed); err != nil {
 		return agentproto.Restored{}, err
 	}
-	return agentproto.Restored{Seed: seed, Hostname: s.plan.Restore.Hostname}, nil
+	return agentproto.Restored{Seed: seed, Hostname: s.plan.Restore.Hostname, Net: s.net.restoredNet()}, nil
 }
 
 // handleSnapshot answers pause, resume and snapshot, one at a time.
