@@ -299,9 +299,9 @@ func (vm *VM) download(ctx context.Context, src, dst string) (TransferStats, err
 		return TransferStats{}, fmt.Errorf("%w: cannot name a copy of %s %q", ErrInvalid, src, name)
 	}
 	target := filepath.Join(dir, name)
-	_, existed := os.Lstat(target)
+	_, statErr := os.Lstat(target)
 	st, err := vm.downloadInto(ctx, src, dir, name)
-	if err != nil && existed != nil {
+	if err != nil && statErr != nil {
 		os.RemoveAll(target) // the partial copy is ours: nothing was there before
 	}
 	return st, err

@@ -25,8 +25,11 @@ func sshArgs(info SSHInfo, key, portFlag string) []string {
 
 func TestSSHVM(t *testing.T) {
 	vmtest.Require(t, "ssh", "scp", "sftp")
-	vm := bootQuiet(t, Config{})
+	vm := bootQuiet(t, Config{Env: map[string]string{"FROM_CFG": "cfg"}})
 	ctx := context.Background()
+	if err := vm.SetEnv(ctx, map[string]string{"FROM_SETENV": "set"}); err != nil {
+		t.Fatal(err)
+	}
 	info, err := vm.SSH(ctx, SSHOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -51,8 +54,8 @@ func TestSSHVM(t *testing.T) {
 		return out.String(), 0
 	}
 
-	out, code := run("ssh", append(sshArgs(info, info.KeyPath, "-p"), target, `cat; echo " $((6*7)) $(pwd)"; exit 3`)...)
-	if code != 3 || out != "from stdin 42 /root\n" {
+	out, code := run("ssh", append(sshArgs(info, info.KeyPath, "-p"), target, `cat; echo " $((6*7)) $(pwd) $FROM_CFG $FROM_SETENV"; exit 3`)...)
+	if code != 3 || out != "from stdin 42 /root cfg set\n" {
 		t.Fatalf("ssh: exit %d, output %q", code, out)
 	}
 

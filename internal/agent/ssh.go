@@ -103,7 +103,7 @@ func (s *server) serveSSH(ctx context.Context, st net.Conn, c *agentproto.Conn, 
 			if err != nil {
 				continue
 			}
-			sess := &sshSession{s: s, ch: ch, user: sc.User()}
+			sess := &sshSession{s: s, ch: ch, user: sc.User(), baseEnv: req.BaseEnv}
 			go sess.serve(creqs)
 		case "direct-tcpip":
 			go s.sshDirectTCPIP(nc)

@@ -23,10 +23,11 @@ import (
 // sshSession is one SSH session channel: at most one program (shell,
 // command or subsystem), with an optional PTY.
 type sshSession struct {
-	s    *server
-	ch   ssh.Channel
-	user string
-	env  []string
+	s       *server
+	ch      ssh.Channel
+	user    string
+	env     []string // from the client's env requests
+	baseEnv []string // image and VM config environment, from the host
 
 	mu      sync.Mutex // guards the fields below
 	tty     bool
@@ -200,7 +201,7 @@ func (ss *sshSession) run(path string, argv []string, exited *atomic.Bool) bool 
 	if ss.tty {
 		env = append(env, "TERM="+ss.term)
 	}
-	req := &agentproto.ExecRequest{Argv: []string{path}, User: ss.user, Env: env,
+	req := &agentproto.ExecRequest{Argv: []string{path}, User: ss.user, Env: env, BaseEnv: ss.baseEnv,
 		Stdin: true, TTY: ss.tty, Rows: ss.rows, Cols: ss.cols}
 	spec, err := ss.s.prepareExec(req)
 	if err == nil && spec.path == "" {

@@ -130,6 +130,9 @@ type SSHRequest struct {
 	// AuthorizedKeys are public keys in authorized_keys format; a client
 	// must prove it holds one of them.
 	AuthorizedKeys []string `json:"authorized_keys"`
+	// BaseEnv (image and VM config environment) is given to the
+	// session's programs, as ExecRequest.BaseEnv is.
+	BaseEnv []string `json:"base_env,omitempty"`
 }
 
 // Reader returns the stream's read side, including bytes already buffered:

@@ -227,6 +227,7 @@ func (x *extractor) writeFile(pfd int, base string, hdr *tar.Header, r io.Reader
 	defer f.Close()
 	n, err := io.Copy(f, r)
 	if err != nil {
+		unix.Unlinkat(pfd, base, 0) // no half-written file stays behind (a full disk, a broken stream)
 		return n, fmt.Errorf("writing: %w", pathErr(unwrapPathError(err)))
 	}
 	if err := x.chown(fd, hdr); err != nil {

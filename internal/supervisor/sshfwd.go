@@ -3,9 +3,11 @@ package supervisor
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -133,7 +135,7 @@ func (s *supervisor) sshStream(c net.Conn) error {
 	ac := agentproto.NewConn(stream)
 	stream.SetDeadline(time.Now().Add(30 * time.Second))
 	if err := ac.WriteJSON(agentproto.FrameRequest, agentproto.Request{Op: agentproto.OpSSH,
-		SSH: &agentproto.SSHRequest{AuthorizedKeys: keys}}); err != nil {
+		SSH: &agentproto.SSHRequest{AuthorizedKeys: keys, BaseEnv: baseEnv(s.vm.Config)}}); err != nil {
 		return err
 	}
 	var resp agentproto.Response
@@ -157,6 +159,31 @@ func (s *supervisor) sshStream(c net.Conn) error {
 	c.Close()
 	<-done
 	return nil
+}
+
+// baseEnv reads the image's and the VM's configured environment from the
+// SDK's record of the VM (only these two fields of it), in the order an
+// exec gets them: image first, then config.
+func baseEnv(record []byte) []string {
+	var rec struct {
+		Config struct {
+			Env map[string]string `json:"env"`
+		} `json:"config"`
+		ImageConfig *struct {
+			Env []string `json:"env"`
+		} `json:"image_config"`
+	}
+	if json.Unmarshal(record, &rec) != nil {
+		return nil
+	}
+	var env []string
+	if rec.ImageConfig != nil {
+		env = append(env, rec.ImageConfig.Env...)
+	}
+	for _, k := range slices.Sorted(maps.Keys(rec.Config.Env)) {
+		env = append(env, k+"="+rec.Config.Env[k])
+	}
+	return env
 }
 
 // readAuthorizedKeys returns the key lines of an authorized_keys file.
