@@ -16,13 +16,14 @@ import (
 
 // initramfsFormat names the layout BuildInitramfs writes; change it whenever
 // the layout or the module list changes so old cache entries are not reused.
-const initramfsFormat = "smolvm-initramfs/1"
+const initramfsFormat = "smolvm-initramfs/2"
 
 // initramfsModuleDir is where module files go inside the initramfs.
 const initramfsModuleDir = "/lib/modules"
 
 // BuildInitramfs returns the path of a newc cpio archive under cacheDir
-// holding the agent binary at agentPath as /init and, when k.ModulesDir is
+// holding the agent binary at agentPath as /init (without its debug
+// information) and, when k.ModulesDir is
 // set, the kernel modules the guest needs to boot (listed in load order in
 // agentproto.InitramfsModuleList). The archive is uncompressed: unpacking is
 // cheaper than decompressing under software emulation. It is named by the
@@ -47,6 +48,8 @@ func BuildInitramfs(ctx context.Context, cacheDir, agentPath string, k Kernel) (
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return "", fmt.Errorf("creating initramfs cache: %w", err)
 	}
+	// Debug information is of no use in the guest and costs boot time.
+	agent, _ = initramfsStripELF(agent)
 	if err := initramfsWriteFile(dst, agent, mods); err != nil {
 		return "", fmt.Errorf("writing initramfs: %w", err)
 	}
