@@ -106,10 +106,10 @@ func (b *boot) readCmdline() (string, error) {
 	}
 	b.cmdline = strings.TrimSpace(string(raw))
 	p := agentproto.ParseCmdline(b.cmdline)
-	b.root = cmp(p[agentproto.ParamRoot], "/dev/vda")
-	b.rootType = cmp(p[agentproto.ParamRootType], "ext4")
+	b.root = orDefault(p[agentproto.ParamRoot], "/dev/vda")
+	b.rootType = orDefault(p[agentproto.ParamRootType], "ext4")
 	b.rootRO = p[agentproto.ParamRootRO] == "1"
-	b.hostname = cmp(p[agentproto.ParamHostname], "smolvm")
+	b.hostname = orDefault(p[agentproto.ParamHostname], "smolvm")
 	if p[agentproto.ParamDebug] == "1" {
 		b.level.Set(slog.LevelDebug)
 	}
@@ -118,8 +118,8 @@ func (b *boot) readCmdline() (string, error) {
 		b.start.Seconds(), b.root, b.rootType, b.rootRO, b.hostname), nil
 }
 
-// cmp returns s, or def when s is empty.
-func cmp(s, def string) string {
+// orDefault returns s, or def when s is empty.
+func orDefault(s, def string) string {
 	if s == "" {
 		return def
 	}

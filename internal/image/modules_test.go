@@ -2,6 +2,7 @@ package image
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"debug/elf"
 	"encoding/binary"
@@ -55,6 +56,13 @@ func kmodTestTree(t *testing.T, mods map[string]string, builtin ...string) strin
 			t.Fatal(err)
 		}
 		data := kmodTestELF(t, "license=GPL", "depends="+deps, "name="+kmodName(p))
+		if strings.HasSuffix(p, ".gz") {
+			var zb bytes.Buffer
+			zw := gzip.NewWriter(&zb)
+			zw.Write(data)
+			zw.Close()
+			data = zb.Bytes()
+		}
 		if err := os.WriteFile(full, data, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -102,6 +110,11 @@ func TestKmodResolve(t *testing.T) {
 		mods:  map[string]string{"x.ko": ""},
 		want:  []string{"nothere", "x"},
 		order: "x",
+	}, {
+		name:  "gzip-compressed modules",
+		mods:  map[string]string{"a.ko.gz": "b", "b.ko": ""},
+		want:  []string{"a"},
+		order: "b a",
 	}, {
 		name:   "cycle is an error",
 		mods:   map[string]string{"p.ko": "q", "q.ko": "p"},
