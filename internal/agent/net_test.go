@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -170,4 +172,147 @@ func TestConfigureNIC(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestPickRenumberNIC(t *testing.T) {
+	lo := fakeLink("lo", "00:00:00:00:00:00", net.FlagLoopback)
+	old := fakeLink("eth0", "06:00:ac:10:00:02", 0)     // the snapshot's identity
+	other := fakeLink("eth1", "52:54:00:12:34:56", 0)   // a NIC smolvm did not configure
+	renamed := fakeLink("eth2", "06:00:ac:10:00:09", 0) // already has the new MAC
+	addrs := map[string][]netip.Addr{
+		"eth0": {netip.MustParseAddr("172.16.0.2")},
+		"eth1": {netip.MustParseAddr("192.168.1.5")},
+	}
+	addrsOf := func(l netlink.Link) []netip.Addr { return addrs[l.Attrs().Name] }
+	newMAC, _ := net.ParseMAC("06:00:ac:10:00:09")
+	tests := []struct {
+		name  string
+		links []netlink.Link
+		want  string
+	}{
+		{"the new MAC already", []netlink.Link{lo, old, renamed}, "eth2"},
+		{"the one carrying its smolvm address", []netlink.Link{lo, other, old}, "eth0"},
+		{"the only ethernet link", []netlink.Link{lo, other}, "eth1"},
+		{"two foreign links: none", []netlink.Link{lo, other, fakeLink("eth3", "52:54:00:00:00:01", 0)}, ""},
+		{"loopback only", []netlink.Link{lo}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := ""
+			if l := pickRenumberNIC(tt.links, newMAC, addrsOf); l != nil {
+				got = l.Attrs().Name
+			}
+			if got != tt.want {
+				t.Fatalf("pickRenumberNIC = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestRenumberNIC configures one end of a veth pair as a snapshot's guest
+// NIC (plus a stray address and a neighbour entry for the old gateway
+// MAC), renumbers it as a clone's agent does, and checks MAC, addresses,
+// routes and neighbours.
+func TestRenumberNIC(t *testing.T) {
+	if os.Getenv("SMOLVM_VM_TESTS") != "1" {
+		t.Skip("needs root to make a network namespace: set SMOLVM_VM_TESTS=1")
+	}
+	if os.Geteuid() != 0 {
+		t.Fatal("SMOLVM_VM_TESTS=1 but not root: this test makes a network namespace")
+	}
+	gw := netip.MustParseAddr("172.16.0.1")
+	before := network.GuestNet{IP: netip.MustParsePrefix("172.16.0.2/32"), Gateway: gw, DNS: gw}
+	after := network.GuestNet{IP: netip.MustParsePrefix("172.16.0.9/32"), Gateway: gw, DNS: gw}
+	newMAC, _ := net.ParseMAC(network.GuestMAC(after.IP.Addr()))
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies in its namespace
+		done <- func() error {
+			if _, err := netns.New(); err != nil {
+				return err
+			}
+			return renumberVeth(t, before, after, newMAC)
+		}()
+	}()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func renumberVeth(t *testing.T, before, after network.GuestNet, newMAC net.HardwareAddr) error {
+	oldMAC, _ := net.ParseMAC(network.GuestMAC(before.IP.Addr()))
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0", HardwareAddr: oldMAC}, PeerName: "peer0"}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return err
+	}
+	peer, err := netlink.LinkByName("peer0")
+	if err != nil || netlink.LinkSetUp(peer) != nil {
+		return fmt.Errorf("peer0: %v", err)
+	}
+	link, err := netlink.LinkByName("eth0")
+	if err != nil {
+		return err
+	}
+	if err := configureNIC(link, before); err != nil {
+		return err
+	}
+	stray := &netlink.Addr{IPNet: prefixNet(netip.MustParsePrefix("10.9.9.9/24"))}
+	if err := netlink.AddrAdd(link, stray); err != nil {
+		return err
+	}
+	staleGW, _ := net.ParseMAC("aa:00:00:00:00:01") // the old tap's MAC
+	links, err := netlink.LinkList()
+	if err != nil {
+		return err
+	}
+	if link = pickRenumberNIC(links, newMAC, linkAddrs); link == nil || link.Attrs().Name != "eth0" {
+		return fmt.Errorf("picked %v among %s, want eth0", link, linkNames(links))
+	}
+	// The first time changes the MAC (the kernel then forgets neighbours
+	// itself); the second keeps it, as a clone given its origin's old
+	// address would, and only renumberNIC's flush drops the stale entry.
+	for i := range 2 {
+		if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: link.Attrs().Index, Family: netlink.FAMILY_V4,
+			State: netlink.NUD_REACHABLE, IP: net.IP(before.Gateway.AsSlice()), HardwareAddr: staleGW}); err != nil {
+			return fmt.Errorf("adding neighbour: %w", err)
+		}
+		if err := renumberNIC(link, newMAC, after); err != nil {
+			return fmt.Errorf("renumber %d: %w", i+1, err)
+		}
+		if link, err = netlink.LinkByName("eth0"); err != nil {
+			return err
+		}
+		if err := checkRenumbered(link, after, newMAC, staleGW); err != nil {
+			return fmt.Errorf("after renumber %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
+
+func checkRenumbered(link netlink.Link, gn network.GuestNet, mac, staleGW net.HardwareAddr) error {
+	if got := link.Attrs().HardwareAddr; !bytes.Equal(got, mac) {
+		return fmt.Errorf("MAC %s, want %s", got, mac)
+	}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	if len(addrs) != 1 || addrs[0].IPNet.String() != gn.IP.String() {
+		return fmt.Errorf("addresses %v, want only %s", addrs, gn.IP)
+	}
+	got, err := netlink.RouteGet(net.ParseIP("198.51.100.9"))
+	if err != nil || len(got) != 1 || !got[0].Gw.Equal(net.IP(gn.Gateway.AsSlice())) ||
+		got[0].LinkIndex != link.Attrs().Index || !got[0].Src.Equal(net.IP(gn.IP.Addr().AsSlice())) {
+		return fmt.Errorf("route to the internet: %+v %v; want via %s on eth0 from %s", got, err, gn.Gateway, gn.IP.Addr())
+	}
+	neighs, err := netlink.NeighList(link.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	for _, n := range neighs {
+		if bytes.Equal(n.HardwareAddr, staleGW) {
+			return fmt.Errorf("the stale neighbour %s at %s is still there", n.IP, n.HardwareAddr)
+		}
+	}
+	return nil
 }

@@ -51,7 +51,7 @@ func (s *server) restored(c *agentproto.Conn) {
 		replyError(c, err)
 		return
 	}
-	s.log.Info("restored from a snapshot", "hostname", r.Hostname, "clock", time.Unix(0, r.UnixNano).UTC(), "net", r.Net)
+	s.log.Info("restored from a snapshot", "hostname", r.Hostname, "clock", time.Unix(0, r.UnixNano).UTC(), "renumbered", r.Net != nil)
 	c.WriteJSON(agentproto.FrameResponse, agentproto.Response{})
 }
 
