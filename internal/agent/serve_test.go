@@ -85,7 +85,7 @@ func startAgent(t *testing.T, mutate ...func(*Config)) *testAgent {
 
 // newClientSession starts the host's yamux client over r (which holds any
 // bytes read ahead of the hello) and w.
-func newClientSession(t *testing.T, r io.Reader, w io.WriteCloser) *yamux.Session {
+func newClientSession(t testing.TB, r io.Reader, w io.WriteCloser) *yamux.Session {
 	t.Helper()
 	ycfg := yamux.DefaultConfig()
 	ycfg.LogOutput = io.Discard
@@ -108,7 +108,7 @@ type execResult struct {
 }
 
 // request opens a stream and sends one request.
-func (ta *testAgent) request(t *testing.T, req agentproto.Request) *agentproto.Conn {
+func (ta *testAgent) request(t testing.TB, req agentproto.Request) *agentproto.Conn {
 	t.Helper()
 	st, err := ta.sess.OpenStream()
 	if err != nil {
@@ -123,7 +123,7 @@ func (ta *testAgent) request(t *testing.T, req agentproto.Request) *agentproto.C
 
 // exec runs req, feeding stdin (when not nil) and calling during() after
 // the process started; it collects the whole result.
-func (ta *testAgent) exec(t *testing.T, req agentproto.ExecRequest, stdin []byte, during func(c *agentproto.Conn, pid int)) execResult {
+func (ta *testAgent) exec(t testing.TB, req agentproto.ExecRequest, stdin []byte, during func(c *agentproto.Conn, pid int)) execResult {
 	t.Helper()
 	if stdin != nil {
 		req.Stdin = true

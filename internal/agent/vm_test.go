@@ -25,7 +25,7 @@ const (
 
 // requireVM skips unless SMOLVM_VM_TESTS=1, and then fails if a
 // prerequisite is missing.
-func requireVM(t *testing.T) {
+func requireVM(t testing.TB) {
 	t.Helper()
 	if os.Getenv("SMOLVM_VM_TESTS") != "1" {
 		t.Skip("boots QEMU VMs (slow under TCG); set SMOLVM_VM_TESTS=1 to run")
@@ -44,7 +44,7 @@ func requireVM(t *testing.T) {
 
 // vmDir is a short scratch directory (socket paths must fit in sun_path),
 // kept when the test fails.
-func vmDir(t *testing.T) string {
+func vmDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "agentvm")
 	if err != nil {
@@ -60,7 +60,7 @@ func vmDir(t *testing.T) string {
 	return dir
 }
 
-func run(t *testing.T, env []string, name string, args ...string) string {
+func run(t testing.TB, env []string, name string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -74,7 +74,7 @@ func run(t *testing.T, env []string, name string, args ...string) string {
 }
 
 // buildGuest builds the static agent, its initramfs and a busybox root disk.
-func buildGuest(t *testing.T, dir string) (initrd, disk string) {
+func buildGuest(t testing.TB, dir string) (initrd, disk string) {
 	t.Helper()
 	agentBin := filepath.Join(dir, "agent")
 	run(t, []string{"CGO_ENABLED=0"}, "go", "build", "-o", agentBin, "./testdata/agentmain")
@@ -113,7 +113,7 @@ func buildGuest(t *testing.T, dir string) (initrd, disk string) {
 
 // hostTSCkHz reads the host's TSC frequency (the "cpu MHz" line): without
 // tsc_early_khz a TCG guest sometimes hangs calibrating it.
-func hostTSCkHz(t *testing.T) int {
+func hostTSCkHz(t testing.TB) int {
 	b, err := os.ReadFile("/proc/cpuinfo")
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +138,7 @@ type testVM struct {
 	exited  chan error
 }
 
-func bootVM(t *testing.T, dir, initrd, disk, extraCmdline string) *testVM {
+func bootVM(t testing.TB, dir, initrd, disk, extraCmdline string) *testVM {
 	t.Helper()
 	sock := filepath.Join(dir, "agent.sock")
 	cmdline := fmt.Sprintf("console=ttyS0 panic=-1 tsc_early_khz=%d smolvm.root=/dev/vda smolvm.hostname=t1 %s", hostTSCkHz(t), extraCmdline)
@@ -179,7 +179,7 @@ func bootVM(t *testing.T, dir, initrd, disk, extraCmdline string) *testVM {
 
 // connect dials the agent socket (QEMU creates it shortly after start),
 // writes SyncLine as a host should, and reads the hello, bounded by ctx.
-func (vm *testVM) connect(ctx context.Context, t *testing.T) (*testAgent, time.Duration) {
+func (vm *testVM) connect(ctx context.Context, t testing.TB) (*testAgent, time.Duration) {
 	t.Helper()
 	var conn net.Conn
 	for {
@@ -312,4 +312,42 @@ func checkGuest(t *testing.T, ta *testAgent, mounts []string) {
 			t.Errorf("%v: stdout %q stderr %q exit %+v", tt.argv, res.Stdout, res.Stderr, res.Exit)
 		}
 	}
+}
+
+// BenchmarkBootToFirstExec boots the busybox guest again and again and
+// reports the time from starting QEMU to the agent's hello and to the first
+// exec's reply, and from the poweroff request to QEMU's exit.
+func BenchmarkBootToFirstExec(b *testing.B) {
+	requireVM(b)
+	dir := vmDir(b)
+	initrd, disk := buildGuest(b, dir)
+	var hello, first, off time.Duration
+	for i := 0; i < b.N; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		vm := bootVM(b, dir, initrd, disk, "")
+		ta, helloAt := vm.connect(ctx, b)
+		if res := ta.exec(b, agentproto.ExecRequest{Argv: []string{"true"}}, nil, nil); res.Err != nil {
+			b.Fatal(res.Err)
+		}
+		firstAt := time.Since(vm.started)
+		c := ta.request(b, agentproto.Request{Op: agentproto.OpPowerOff})
+		var resp agentproto.Response
+		if err := c.ReadJSON(agentproto.FrameResponse, &resp); err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		select {
+		case err := <-vm.exited:
+			vm.exited <- err
+		case <-ctx.Done():
+			b.Fatal("qemu still running after poweroff")
+		}
+		hello, first, off = hello+helloAt, first+firstAt, off+time.Since(t0)
+		ta.sess.Close()
+		cancel()
+	}
+	n := float64(b.N)
+	b.ReportMetric(hello.Seconds()*1000/n, "ms-to-hello")
+	b.ReportMetric(first.Seconds()*1000/n, "ms-to-first-exec")
+	b.ReportMetric(off.Seconds()*1000/n, "ms-poweroff")
 }
