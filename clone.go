@@ -15,8 +15,12 @@ import (
 // NewFromSnapshot creates a VM named name (generated when empty) from the
 // snapshot and starts it where the snapshot left off: the guest resumes
 // with the snapshot's memory and processes, gets the host's clock, fresh
-// randomness and its own hostname (name), and writes to its own disk (an
-// overlay over the snapshot's, so clones never see each other's writes).
+// randomness, its own hostname (name) and, on a tap network, its own
+// address lease, tap and MAC (its supervisor sets the network up as for a
+// fresh VM, and the guest renumbers its NIC), and writes to its own disk
+// (an overlay over the snapshot's, so clones never see each other's
+// writes). Services listening on all addresses in the snapshot answer on
+// the clone's address; connections the snapshot held are lost.
 // The VM is running when NewFromSnapshot returns. A missing or corrupt
 // snapshot gives an error and leaves nothing behind: no row, no
 // directory, no process.
