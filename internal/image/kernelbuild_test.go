@@ -236,27 +236,32 @@ func TestFindKernelPrefersBuilt(t *testing.T) {
 	const v57 = "6.1.0-57-cloud-amd64"
 	tr := kernelTestTree{root: t.TempDir(), rel: v57}
 	tr.add(t, "boot/vmlinuz-"+v57, "lib/modules/"+v57, "k/"+v57+".bin")
-	addBuilt := func(name, release string, built time.Time, withImage bool) {
+	addBuilt := func(name, release string, built time.Time, files ...string) {
 		dir := tr.path("cache/" + name)
 		meta, _ := json.Marshal(BuiltKernel{Release: release, Built: built})
 		kernelTestWrite(t, filepath.Join(dir, "kernel.json"), meta)
-		if withImage {
-			kernelTestWrite(t, filepath.Join(dir, "bzImage"), kernelTestBzImage(release))
+		for _, f := range files {
+			kernelTestWrite(t, filepath.Join(dir, f), kernelTestBzImage(release))
 		}
 	}
 	now := time.Now()
-	addBuilt("smolvm-6.1.190-1-aaaaaaaaaaaa", "6.1.190-smolvm", now.Add(-time.Hour), true)
-	addBuilt("smolvm-6.1.192-3-bbbbbbbbbbbb", "6.1.192-smolvm", now, true)
-	addBuilt("smolvm-6.1.199-1-cccccccccccc", "6.1.199-smolvm", now.Add(time.Hour), false)
+	addBuilt("smolvm-6.1.190-1-aaaaaaaaaaaa", "6.1.190-smolvm", now.Add(-time.Hour), "bzImage", "vmlinux")
+	addBuilt("smolvm-6.1.192-3-bbbbbbbbbbbb", "6.1.192-smolvm", now, "bzImage", "vmlinux")
+	addBuilt("smolvm-6.1.199-1-cccccccccccc", "6.1.199-smolvm", now.Add(time.Hour), "vmlinux") // no bzImage: unfinished
 	cache := tr.path("cache")
 
 	got, err := kernelFind(context.Background(), KernelOptions{CacheDir: cache}, tr.host())
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Kernel{Path: filepath.Join(cache, "smolvm-6.1.192-3-bbbbbbbbbbbb", "bzImage"), Version: "6.1.192-smolvm", Source: "built"}
+	want := Kernel{Path: filepath.Join(cache, "smolvm-6.1.192-3-bbbbbbbbbbbb", "vmlinux"), Version: "6.1.192-smolvm", Source: "built"}
 	if got != want {
 		t.Fatalf("automatic: got %+v, want %+v", got, want)
+	}
+	// Without its vmlinux an entry boots its bzImage.
+	os.Remove(filepath.Join(cache, "smolvm-6.1.192-3-bbbbbbbbbbbb", "vmlinux"))
+	if got, err := kernelNewestBuilt(cache); err != nil || got.Path != filepath.Join(cache, "smolvm-6.1.192-3-bbbbbbbbbbbb", "bzImage") {
+		t.Fatalf("no vmlinux: got %+v, %v; want the bzImage", got, err)
 	}
 	got, err = kernelFind(context.Background(), KernelOptions{CacheDir: cache, Path: tr.path("k/" + v57 + ".bin")}, tr.host())
 	if err != nil || got.Source != "flag" {
