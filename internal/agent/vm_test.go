@@ -294,6 +294,10 @@ func checkGuest(t *testing.T, ta *testAgent, mounts []string) {
 		{argv: []string{"id", "-u"}, user: "nobody", stdout: "65534\n"},
 		{argv: []string{"sh", "-c", "echo x > /root/f && cat /root/f && ls /dev/ptmx /dev/fd/ >/dev/null && echo ok"}, stdout: "x\nok\n"},
 		{argv: []string{"ping", "-c", "1", "-W", "5", "127.0.0.1"}, has: []string{"1 packets received"}},
+		// Signals that would end a Go program must not end PID 1, and its
+		// children must not inherit them ignored.
+		{argv: []string{"sh", "-c", "exec 2>/dev/null; for s in TERM INT HUP QUIT USR1 USR2 PWR ALRM; do kill -$s 1; done; sleep 0.2; echo alive; " +
+			"sleep 100 & kill -TERM $!; wait $!; echo $?"}, stdout: "alive\n143\n"},
 	}
 	for _, tt := range tests {
 		res := ta.exec(t, agentproto.ExecRequest{Argv: tt.argv, User: tt.user}, nil, nil)
