@@ -44,7 +44,7 @@ type phase struct {
 func Main() {
 	b := &boot{start: uptime()}
 	b.log = slog.New(newConsoleHandler(os.Stderr, &b.level))
-	catchPID1Signals(b.log)
+	catchPID1Signals(b.log, func() { b.powerOff("ctrl-alt-del") })
 	b.reaper = NewReaper(true) // before anything forks
 	for _, p := range b.phases() {
 		t0 := uptime()
