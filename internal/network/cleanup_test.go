@@ -210,3 +210,29 @@ func TestSetupTapAndRollback(t *testing.T) {
 		t.Fatalf("left after Teardown: %v", tr)
 	}
 }
+
+// TestSetupSkipsRoutedAddress: another smolvm (another data dir, so another
+// lease table) already routes the pool's first guest address; Setup must
+// take the next one rather than fail, and release what it passed over.
+func TestSetupSkipsRoutedAddress(t *testing.T) {
+	tp := newTopo(t)
+	ctx := context.Background()
+	m := tp.manager(ctx)
+	run(t, "ip", "-n", tp.host, "link", "add", "other0", "type", "veth", "peer", "name", "other1")
+	run(t, "ip", "-n", tp.host, "link", "set", "other0", "up")
+	run(t, "ip", "-n", tp.host, "route", "add", "172.16.0.2/32", "dev", "other0")
+	att, err := m.Setup(ctx, "vm-next", VMOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := att.GuestIP.String(); got != "172.16.0.3" {
+		t.Fatalf("guest address %s, want 172.16.0.3 (.2 is routed elsewhere)", got)
+	}
+	leases, _ := m.leases.List(ctx, "")
+	if len(leases) != 1 || leases[0].Addr() != att.GuestIP {
+		t.Fatalf("leases after skipping: %v", leases)
+	}
+	if err := m.Teardown(ctx, "vm-next"); err != nil {
+		t.Fatal(err)
+	}
+}

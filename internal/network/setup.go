@@ -7,6 +7,7 @@ import (
 	"net/netip"
 
 	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
 )
 
 // Setup gives vmID its network: an address lease, the tap, its nftables
@@ -52,7 +53,7 @@ func (m *Manager) Setup(ctx context.Context, vmID string, opts VMOptions) (*Atta
 }
 
 func (m *Manager) setup(ctx context.Context, vmID, tap string, opts VMOptions) (*vmState, error) {
-	lease, err := m.leases.Acquire(ctx, vmID, KindIP, m.pool.GuestRange(), 0)
+	lease, err := m.acquireIP(ctx, vmID)
 	if err != nil {
 		return nil, fmt.Errorf("lease address: %w", err)
 	}
@@ -70,6 +71,37 @@ func (m *Manager) setup(ctx context.Context, vmID, tap string, opts VMOptions) (
 	m.vms[vmID] = st
 	m.mu.Unlock()
 	return st, nil
+}
+
+// maxRoutedSkips bounds how many leased addresses acquireIP passes over.
+const maxRoutedSkips = 32
+
+// acquireIP leases the lowest address that is free both in the lease table
+// and in the kernel: another smolvm on the host, with a data dir (and lease
+// table) of its own, may already route an address of the pool.
+func (m *Manager) acquireIP(ctx context.Context, vmID string) (Lease, error) {
+	var skipped []Lease
+	defer func() {
+		for _, l := range skipped {
+			m.leases.Release(ctx, l)
+		}
+	}()
+	for range maxRoutedSkips {
+		l, err := m.leases.Acquire(ctx, vmID, KindIP, m.pool.GuestRange(), 0)
+		if err != nil || !m.routed(l.Addr()) {
+			return l, err
+		}
+		m.log.Warn("address routed by another smolvm, skipping", "vm", vmID, "ip", l.Addr())
+		skipped = append(skipped, l)
+	}
+	return Lease{}, fmt.Errorf("%d addresses in a row are routed by another smolvm on this host: %w", maxRoutedSkips, ErrExhausted)
+}
+
+// routed reports whether the kernel has a route for exactly ip/32.
+func (m *Manager) routed(ip netip.Addr) bool {
+	filter := &netlink.Route{Dst: ipNet(netip.PrefixFrom(ip, 32))}
+	routes, err := m.nl.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_DST)
+	return err == nil && len(routes) > 0
 }
 
 // addVMRules adds the VM's nftables objects, with the table skeleton only
