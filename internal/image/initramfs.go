@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"syscall"
 
 	"github.com/smolvm/smolvm/internal/agentproto"
 )
@@ -30,6 +31,50 @@ const initramfsModuleDir = "/lib/modules"
 // sha256 of its inputs and reused when it exists; a new one is written to a
 // temporary file and renamed into place, so concurrent builders are safe.
 func BuildInitramfs(ctx context.Context, cacheDir, agentPath string, k Kernel) (string, error) {
+	memo := initramfsMemoPath(cacheDir, agentPath, k)
+	if memo != "" {
+		if b, err := os.ReadFile(memo); err == nil {
+			dst := filepath.Join(cacheDir, filepath.Base(string(b)))
+			if fi, err := os.Stat(dst); err == nil && fi.Mode().IsRegular() {
+				return dst, nil
+			}
+		}
+	}
+	dst, err := buildInitramfs(ctx, cacheDir, agentPath, k)
+	if err == nil && memo != "" {
+		// Best effort: a missing memo only costs the next start a rehash.
+		if os.MkdirAll(filepath.Dir(memo), 0o755) == nil {
+			os.WriteFile(memo, []byte(filepath.Base(dst)), 0o644)
+		}
+	}
+	return dst, err
+}
+
+// initramfsMemoPath names a small file remembering which archive the
+// agent binary and modules, as identified by their files' identity (path,
+// size, mtime, inode), produced; it spares each start reading and hashing
+// the whole binary. "" when the inputs cannot be identified.
+func initramfsMemoPath(cacheDir, agentPath string, k Kernel) string {
+	h := sha256.New()
+	fmt.Fprintln(h, initramfsFormat, agentPath, k.ModulesDir)
+	for _, p := range []string{agentPath, k.ModulesDir} {
+		if p == "" {
+			continue
+		}
+		fi, err := os.Stat(p)
+		if err != nil {
+			return ""
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return ""
+		}
+		fmt.Fprintln(h, fi.Size(), fi.ModTime().UnixNano(), st.Ino, st.Dev)
+	}
+	return filepath.Join(cacheDir, "memo", hex.EncodeToString(h.Sum(nil)[:16]))
+}
+
+func buildInitramfs(ctx context.Context, cacheDir, agentPath string, k Kernel) (string, error) {
 	agent, err := os.ReadFile(agentPath)
 	if err != nil {
 		return "", fmt.Errorf("reading agent binary: %w", err)
