@@ -81,8 +81,10 @@ func (b *Backend) Check(ctx context.Context) error {
 	if err := b.validAccel(); err != nil {
 		return fmt.Errorf("%w: %w", vmm.ErrUnavailable, err)
 	}
-	if _, err := b.Version(ctx); err != nil {
-		return fmt.Errorf("%w: %w (install it: apt-get install %s)", vmm.ErrUnavailable, err, b.aptPackage())
+	// Finding the binary is enough: running it (Version) costs tens of
+	// milliseconds, and Check runs on every VM start.
+	if _, err := exec.LookPath(b.binary); err != nil {
+		return fmt.Errorf("%w: finding %s: %w (install it: apt-get install %s)", vmm.ErrUnavailable, b.binary, err, b.aptPackage())
 	}
 	if b.accel == "kvm" && !kvmUsable(b.kvmDevice, b.procRoot) {
 		return fmt.Errorf("%w: kvm requested but %s cannot be opened read-write or the cpu lacks vmx/svm", vmm.ErrUnavailable, b.kvmDevice)
