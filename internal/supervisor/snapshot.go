@@ -96,6 +96,10 @@ func (s *supervisor) resync(conn net.Conn) {
 	}
 }
 
+// errRestoreTransport marks a restored op that failed in transit (the
+// session or stream broke), not one the guest refused.
+var errRestoreTransport = errors.New("telling the guest it was restored")
+
 // sendRestored tells a restored guest its new clock, randomness and name.
 func (s *supervisor) sendRestored(ctx context.Context) error {
 	if s.plan.Restore == nil {
@@ -107,7 +111,7 @@ func (s *supervisor) sendRestored(ctx context.Context) error {
 	}
 	stream, err := s.session.OpenStream()
 	if err != nil {
-		return fmt.Errorf("telling the guest it was restored: %w", err)
+		return fmt.Errorf("%w: %w", errRestoreTransport, err)
 	}
 	defer stream.Close()
 	dl := time.Now().Add(30 * time.Second)
@@ -117,15 +121,15 @@ func (s *supervisor) sendRestored(ctx context.Context) error {
 	stream.SetDeadline(dl)
 	c := agentproto.NewConn(stream)
 	if err := c.WriteJSON(agentproto.FrameRequest, agentproto.Request{Op: agentproto.OpRestored}); err != nil {
-		return fmt.Errorf("telling the guest it was restored: %w", err)
+		return fmt.Errorf("%w: %w", errRestoreTransport, err)
 	}
 	msg.UnixNano = time.Now().UnixNano() // as late as possible
 	if err := c.WriteJSON(agentproto.FrameRequest, msg); err != nil {
-		return fmt.Errorf("telling the guest it was restored: %w", err)
+		return fmt.Errorf("%w: %w", errRestoreTransport, err)
 	}
 	t, p, err := c.ReadFrame(make([]byte, agentproto.MaxFrame))
 	if err != nil {
-		return fmt.Errorf("telling the guest it was restored: %w", err)
+		return fmt.Errorf("%w: %w", errRestoreTransport, err)
 	}
 	if t == agentproto.FrameError {
 		return fmt.Errorf("the guest could not apply the restore: %s", p)

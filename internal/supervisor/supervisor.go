@@ -122,7 +122,18 @@ func (s *supervisor) launch(ctx context.Context) (_ net.Listener, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := s.sendRestored(ctx); err != nil {
+	if err := s.sendRestored(ctx); errors.Is(err, errRestoreTransport) {
+		// The fresh session died under the restored op (seen once in CI,
+		// under load): connect again — the op is idempotent — and retry once.
+		s.log.Warn("restored op lost its session; reconnecting", "err", err)
+		s.session.Close()
+		if hello, err = s.connectAgent(ctx); err != nil {
+			return nil, err
+		}
+		if err := s.sendRestored(ctx); err != nil {
+			return nil, err
+		}
+	} else if err != nil {
 		return nil, err
 	}
 	s.status = Status{ID: s.vm.ID, Backend: backend.Name(), Accel: s.inst.Accel(),
