@@ -2,9 +2,7 @@ package smolvm
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/smolvm/smolvm/internal/sparse"
 	"golang.org/x/sys/unix"
 )
 
@@ -148,7 +147,7 @@ func cloneDisk(ctx context.Context, src, dst string, sizeMiB int) (err error) {
 		}
 	}()
 	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) != nil {
-		if err := sparseCopy(ctx, out, in); err != nil {
+		if err := sparseCopyFile(ctx, out, in); err != nil {
 			return fmt.Errorf("copying image %s: %w", src, err)
 		}
 	}
@@ -170,56 +169,17 @@ func cloneDisk(ctx context.Context, src, dst string, sizeMiB int) (err error) {
 	return nil
 }
 
-// sparseCopy copies in to out, leaving holes where in has holes or zeros.
-func sparseCopy(ctx context.Context, out, in *os.File) error {
-	buf := make([]byte, 1<<20)
-	var off int64
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
-		if err != nil {
-			break // ENXIO: no data after off
-		}
-		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
-		if err != nil {
-			return err
-		}
-		for pos := data; pos < hole; {
-			n, err := in.ReadAt(buf[:min(int64(len(buf)), hole-pos)], pos)
-			if n > 0 && !allZero(buf[:n]) {
-				if _, werr := out.WriteAt(buf[:n], pos); werr != nil {
-					return werr
-				}
-			}
-			pos += int64(n)
-			if err != nil && !errors.Is(err, io.EOF) {
-				return err
-			}
-			if n == 0 {
-				break
-			}
-		}
-		off = hole
-	}
+func lastLine(b []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return lines[len(lines)-1]
+}
+
+// sparseCopyFile copies all of in to out, leaving holes where in has holes
+// or zero pages.
+func sparseCopyFile(ctx context.Context, out, in *os.File) error {
 	fi, err := in.Stat()
 	if err != nil {
 		return err
 	}
-	return out.Truncate(fi.Size())
-}
-
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
-
-func lastLine(b []byte) string {
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return lines[len(lines)-1]
+	return sparse.Copy(ctx, out, in, fi.Size())
 }

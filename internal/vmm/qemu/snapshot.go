@@ -1,19 +1,17 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/smolvm/smolvm/internal/sparse"
 
 	"github.com/smolvm/smolvm/internal/vmm"
 )
@@ -171,7 +169,7 @@ func (i *Instance) saveRAM(ctx context.Context, path string, size int64) (err er
 			os.Remove(path)
 		}
 	}()
-	if err := copySparse(ctx, dst, src, size); err != nil {
+	if err := sparse.Copy(ctx, dst, src, size); err != nil {
 		return err
 	}
 	return dst.Sync()
@@ -200,73 +198,6 @@ func (i *Instance) openRAM(size int64) (*os.File, error) {
 	}
 	return nil, fmt.Errorf("no guest memory memfd of %d bytes among qemu's open files", size)
 }
-
-// copySparse copies size bytes of src to dst, writing only pages that hold
-// a non-zero byte; dst ends up size bytes long with holes elsewhere.
-func copySparse(ctx context.Context, dst, src *os.File, size int64) error {
-	const page = 4096
-	buf := make([]byte, 1<<20)
-	var off int64
-	for off < size {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		data, err := unix.Seek(int(src.Fd()), off, unix.SEEK_DATA)
-		if err != nil {
-			break // ENXIO: nothing but holes after off
-		}
-		hole, err := unix.Seek(int(src.Fd()), data, unix.SEEK_HOLE)
-		if err != nil {
-			return err
-		}
-		for pos := data; pos < hole; {
-			n, err := src.ReadAt(buf[:min(int64(len(buf)), hole-pos)], pos)
-			if err := writePages(dst, buf[:n], pos, page); err != nil {
-				return err
-			}
-			pos += int64(n)
-			if err != nil && !errors.Is(err, io.EOF) {
-				return err
-			}
-			if n == 0 {
-				break
-			}
-		}
-		off = hole
-	}
-	return dst.Truncate(size)
-}
-
-// writePages writes the runs of non-zero pages of b (which sits at off).
-func writePages(dst *os.File, b []byte, off int64, page int) error {
-	start := -1
-	flush := func(end int) error {
-		if start < 0 {
-			return nil
-		}
-		_, err := dst.WriteAt(b[start:end], off+int64(start))
-		start = -1
-		return err
-	}
-	for p := 0; p < len(b); p += page {
-		end := min(p+page, len(b))
-		if isZero(b[p:end]) {
-			if err := flush(p); err != nil {
-				return err
-			}
-			continue
-		}
-		if start < 0 {
-			start = p
-		}
-	}
-	return flush(len(b))
-}
-
-// zeroPage is compared against; bytes.Equal is vectorised.
-var zeroPage = make([]byte, 4096)
-
-func isZero(b []byte) bool { return bytes.Equal(b, zeroPage[:len(b)]) }
 
 func writeManifest(path string, m snapshotManifest) error {
 	b, err := json.MarshalIndent(m, "", "  ")

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/smolvm/smolvm/internal/sparse"
 )
 
 // echoOnce writes msg on the agent channel and wants it echoed.
@@ -166,7 +168,7 @@ func copyDir(src, dst string) error {
 			return err
 		}
 		fi, _ := in.Stat()
-		err = copySparse(context.Background(), out, in, fi.Size())
+		err = sparse.Copy(context.Background(), out, in, fi.Size())
 		in.Close()
 		if cerr := out.Close(); err == nil {
 			err = cerr
