@@ -1,9 +1,12 @@
 package smolvm
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/smolvm/smolvm/internal/network"
 	"github.com/smolvm/smolvm/internal/store"
@@ -60,7 +63,9 @@ func (h *host) sweepNetwork(ctx context.Context, dryRun bool) ([]string, error) 
 	owned := func(id string) bool {
 		r, err := h.store.GetVM(ctx, id)
 		if errors.Is(err, store.ErrNotFound) {
-			return false
+			// Not ours; but another data dir's live supervisor may own it
+			// (the kernel's taps and table are shared by the whole host).
+			return supervisedAnywhere(id)
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -78,4 +83,21 @@ func (h *host) sweepNetwork(ctx context.Context, dryRun bool) ([]string, error) 
 		done = append(done, "network of vm "+id)
 	}
 	return done, errors.Join(append(errs, err)...)
+}
+
+// supervisedAnywhere reports whether a live smolvm supervisor, of any data
+// dir, supervises a VM called id.
+func supervisedAnywhere(id string) bool {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(b, []byte("__supervise\x00")) {
+			continue
+		}
+		args := bytes.Split(bytes.TrimRight(b, "\x00"), []byte{0})
+		if string(args[len(args)-1]) == id {
+			return true
+		}
+	}
+	return false
 }
