@@ -2,9 +2,11 @@ package smolvm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/smolvm/smolvm/internal/image"
 	"github.com/smolvm/smolvm/internal/image/oci"
@@ -205,10 +207,40 @@ func RemoveImage(ctx context.Context, name string, opt ...Option) error {
 		return err
 	}
 	defer h.close()
+	if users, err := h.imageUsers(ctx, name); err != nil {
+		return err
+	} else if len(users) > 0 {
+		return fmt.Errorf("removing image %s: %w: vm %s boots from it (an overlay or shared disk): delete them first",
+			name, ErrState, strings.Join(users, ", "))
+	}
 	if err := h.images().Remove(name); err != nil {
 		return imageError(fmt.Errorf("removing image %s: %w", name, err))
 	}
 	return nil
+}
+
+// imageUsers lists the VMs whose root disk depends on the image's file: a
+// qcow2 overlay over it, or the file itself (shared disk mode).
+func (h *host) imageUsers(ctx context.Context, name string) ([]string, error) {
+	img, err := h.images().Get(name)
+	if err != nil {
+		return nil, nil // Remove reports a missing image
+	}
+	rows, err := h.store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var users []string
+	for _, r := range rows {
+		var rec record
+		if json.Unmarshal(r.Config, &rec) != nil {
+			continue
+		}
+		if (rec.DiskBacking != nil && rec.DiskBacking.Path == img.Path) || (!rec.DiskOwned && rec.Disk == img.Path) {
+			users = append(users, r.ID)
+		}
+	}
+	return users, nil
 }
 
 // EnsureImage returns the local image ref stands for, pulling it on first
