@@ -74,6 +74,13 @@ var (
 // ValidName reports whether s is a valid VM name.
 func ValidName(s string) bool { return nameRE.MatchString(s) }
 
+// Validate checks c as New would, without touching anything: an error
+// wraps ErrInvalid.
+func (c Config) Validate() error {
+	_, err := c.withDefaults()
+	return err
+}
+
 // withDefaults returns c with defaults filled in, or an ErrInvalid error.
 func (c Config) withDefaults() (Config, error) {
 	if c.Name == "" {

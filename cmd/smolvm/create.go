@@ -137,6 +137,9 @@ the image's Entrypoint and Cmd run, and a command replaces both.`,
 			if err != nil {
 				return err
 			}
+			if err := cfg.Validate(); err != nil {
+				return err // before any image is built or pulled
+			}
 			cfg, argv, err = resolveRunImage(cmd.Context(), g, cfg, argv)
 			if err != nil {
 				return err
