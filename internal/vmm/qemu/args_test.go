@@ -28,7 +28,7 @@ func TestArgs(t *testing.T) {
 		name: "tcg minimal",
 		spec: func(s vmm.Spec) vmm.Spec { return s },
 		cfg:  tcg,
-		want: "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on -accel tcg -cpu max -m 256 -smp 2 " +
+		want: "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on -accel tcg -cpu max,erms=off,fsrm=off -m 256 -smp 2 " +
 			"-nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz " +
 			"-append console=ttyS0 panic=-1 reboot=t tsc_early_khz=2596138 -serial null " + channelsTail,
 	}, {
@@ -61,7 +61,7 @@ func TestArgs(t *testing.T) {
 			return s
 		},
 		cfg: tcg,
-		want: "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on -accel tcg -cpu max -m 512 -smp 1 " +
+		want: "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on -accel tcg -cpu max,erms=off,fsrm=off -m 512 -smp 1 " +
 			"-nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz " +
 			"-append console=ttyS0 panic=-1 reboot=t tsc_early_khz=2596138 " +
 			"-chardev file,id=console,path=/tmp/a,,b/console.log,append=on -serial chardev:console " +
@@ -71,7 +71,7 @@ func TestArgs(t *testing.T) {
 		name: "caller's console and panic win; unknown tsc left out",
 		spec: func(s vmm.Spec) vmm.Spec { s.Cmdline = "console=hvc0 panic=5"; return s },
 		cfg:  launchConfig{machine: machineX86, accel: "tcg"},
-		want: "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on -accel tcg -cpu max -m 256 -smp 2 " +
+		want: "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on -accel tcg -cpu max,erms=off,fsrm=off -m 256 -smp 2 " +
 			"-nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz " +
 			"-append console=hvc0 panic=5 reboot=t -serial null " + channelsTail,
 	}, {
@@ -88,7 +88,7 @@ func TestArgs(t *testing.T) {
 			return s
 		},
 		cfg: tcg,
-		want: "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on -accel tcg -cpu max -m 256 -smp 2 " +
+		want: "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on -accel tcg -cpu max,erms=off,fsrm=off -m 256 -smp 2 " +
 			"-nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz " +
 			"-append console=ttyS0 panic=-1 reboot=t tsc_early_khz=2596138 -serial null " +
 			"-netdev user,id=n0 -device virtio-net-device,netdev=n0,mac=06:00:0a:00:02:0f " + channelsTail,
@@ -103,7 +103,7 @@ func TestArgs(t *testing.T) {
 			return s
 		},
 		cfg: tcg,
-		want: "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on -accel tcg -cpu max -m 256 -smp 2 " +
+		want: "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on -accel tcg -cpu max,erms=off,fsrm=off -m 256 -smp 2 " +
 			"-nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz " +
 			"-append console=ttyS0 panic=-1 reboot=t tsc_early_khz=2596138 -serial null " +
 			"-drive if=none,id=d0,file=/img/a.raw,format=raw,readonly=off,cache=writeback,discard=unmap " +
