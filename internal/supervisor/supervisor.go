@@ -46,7 +46,6 @@ type supervisor struct {
 	ctlMu    sync.Mutex // serialises pause, resume and snapshot (snapshot.go)
 	stopOnce sync.Once
 	stopping chan struct{} // closed when a stop has been asked for
-	force    bool          // set before stopping is closed
 	exited   chan struct{} // closed when the VMM has exited and the row is final
 }
 
@@ -295,7 +294,6 @@ func (s *supervisor) watchSignals() {
 // deadline, then the VMM's own shutdown, then SIGKILL. force skips to SIGKILL.
 func (s *supervisor) stop(force bool) {
 	s.stopOnce.Do(func() {
-		s.force = force
 		close(s.stopping)
 		go s.escalate(force)
 	})
