@@ -155,12 +155,6 @@ func (r *testRegistry) push(t *testing.T, repoTag string, img v1.Image) {
 	}
 }
 
-func (r *testRegistry) gets(d v1.Hash) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.blobGets[d.String()]
-}
-
 func (r *testRegistry) setCorrupt(d v1.Hash) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

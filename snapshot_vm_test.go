@@ -184,7 +184,6 @@ func assertNoSnapshot(t *testing.T, name string) {
 
 func TestRestoreOfBadSnapshotLeavesNothing(t *testing.T) {
 	orig := bootTiny(t, Config{Net: NetNone})
-	snap := testSnapshot(t, orig)
 	tests := []struct {
 		name    string
 		damage  func(dir string) error
@@ -200,7 +199,7 @@ func TestRestoreOfBadSnapshotLeavesNothing(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			source := snap.Name
+			source := "no-such-snapshot"
 			if tt.damage != nil {
 				// Damage a copy: a second snapshot of the same origin.
 				bad := testSnapshot(t, orig)
@@ -208,8 +207,6 @@ func TestRestoreOfBadSnapshotLeavesNothing(t *testing.T) {
 					t.Fatal(err)
 				}
 				source = bad.Name
-			} else {
-				source = "no-such-snapshot"
 			}
 			id := "t-clone-" + strings.TrimPrefix(newID(), "vm-")
 			vm, err := NewFromSnapshot(context.Background(), source, id, testOpts(t)...)

@@ -49,9 +49,6 @@ func tarOf(t *testing.T, entries ...entry) *bytes.Buffer {
 func reg(name, body string) entry {
 	return entry{tar.Header{Name: name, Typeflag: tar.TypeReg}, body}
 }
-func dir(name string) entry {
-	return entry{tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755}, ""}
-}
 func symlink(name, target string) entry {
 	return entry{tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target}, ""}
 }

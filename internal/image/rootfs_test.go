@@ -64,7 +64,8 @@ func TestRootfsDigestFollowsInputs(t *testing.T) {
 		"mirror":   func(in *rootfsInputs) { in.Mirror = "http://b.example/debian" },
 		"busybox":  func(in *rootfsInputs) { in.Busybox = "abc" },
 	}
-	if !strings.HasPrefix(base.digest(), "sha256:") || base.digest() != base.digest() {
+	first, again := base.digest(), base.digest()
+	if !strings.HasPrefix(first, "sha256:") || first != again {
 		t.Fatalf("digest %q is not a stable sha256", base.digest())
 	}
 	for what, change := range changes {

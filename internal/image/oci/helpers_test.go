@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -182,5 +181,3 @@ func listDir(t *testing.T, dir string) []string {
 	}
 	return names
 }
-
-func contains(haystack, needle string) bool { return strings.Contains(haystack, needle) }
