@@ -100,12 +100,21 @@ func snapshotRmCmd(g *globals) *cobra.Command {
 
 // createFromSnapshot is `create --from-snapshot NAME [--count N]`: it
 // starts count clones and prints their ids. With a name and a count above
-// one, clones are NAME-1, NAME-2, ...
-func createFromSnapshot(ctx context.Context, g *globals, snapshot, name string, count int, asJSON bool) error {
+// one, clones are NAME-1, NAME-2, ... All or nothing: when one clone fails,
+// the ones already made are deleted.
+func createFromSnapshot(ctx context.Context, g *globals, snapshot, name string, count int, asJSON bool) (err error) {
 	if count < 1 {
 		return fmt.Errorf("--count %d: want at least 1", count)
 	}
-	var infos []smolvm.Info
+	var vms []*smolvm.VM
+	defer func() {
+		for _, vm := range vms {
+			if err != nil {
+				vm.Delete(context.WithoutCancel(ctx))
+			}
+			vm.Close()
+		}
+	}()
 	for i := range count {
 		id := name
 		if name != "" && count > 1 {
@@ -115,20 +124,21 @@ func createFromSnapshot(ctx context.Context, g *globals, snapshot, name string, 
 		if err != nil {
 			return err
 		}
-		if asJSON {
-			info, err := vm.Info(ctx)
-			vm.Close()
-			if err != nil {
-				return err
-			}
-			infos = append(infos, info)
-			continue
+		vms = append(vms, vm)
+	}
+	if !asJSON {
+		for _, vm := range vms {
+			fmt.Println(vm.ID())
 		}
-		fmt.Println(vm.ID())
-		vm.Close()
+		return nil
 	}
-	if asJSON {
-		return printJSON(os.Stdout, infos)
+	infos := make([]smolvm.Info, 0, len(vms))
+	for _, vm := range vms {
+		info, err := vm.Info(ctx)
+		if err != nil {
+			return err
+		}
+		infos = append(infos, info)
 	}
-	return nil
+	return printJSON(os.Stdout, infos)
 }
