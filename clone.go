@@ -156,7 +156,7 @@ func (vm *VM) restore(ctx context.Context, m snapshotManifest, snapDir string, r
 	spec.ConsoleLog = filepath.Join(r.Dir, supervisor.ConsoleFile)
 	spec.Disks = append(spec.Disks[:0:0], spec.Disks...)
 	spec.Disks[0].Path, spec.Disks[0].Format = rec.Disk, rec.DiskFormat
-	plan := supervisor.Plan{Backend: m.Backend, VMM: spec, Net: m.Net,
+	plan := supervisor.Plan{Backend: m.Backend, VMM: spec, Net: m.Net, Jailer: jailerPlan(rec.Config),
 		Restore: &supervisor.RestorePlan{Snapshot: filepath.Join(snapDir, snapshotVMMDir), Hostname: vm.id}}
 	b, err := json.Marshal(plan)
 	if err != nil {

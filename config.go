@@ -48,6 +48,7 @@ type Config struct {
 	Drives        []Drive           `json:"drives,omitempty"`      // extra block devices: /dev/vdb, /dev/vdc, ...
 	Env           map[string]string `json:"env,omitempty"`         // environment of every command run in the VM
 	Backend       string            `json:"backend,omitempty"`     // "qemu" or "firecracker"; chosen automatically when empty
+	Jailer        *Jailer           `json:"jailer,omitempty"`      // Firecracker only: run it through its jailer
 
 	// Network (see network.go). Net defaults to tap when this process is
 	// root with CAP_NET_ADMIN, else user.
@@ -58,6 +59,14 @@ type Config struct {
 	AllowVMs    bool     `json:"allow_vms,omitempty"`     // may talk to other VMs that also allow it; tap only
 	AllowHost   bool     `json:"allow_host,omitempty"`    // may reach every host address, not only DNS; tap only
 	DNS         []string `json:"dns,omitempty"`           // upstreams of the VM's resolver (default the host's resolv.conf); tap only
+}
+
+// Jailer asks for Firecracker's jailer: firecracker runs chrooted, as UID
+// and GID, in its own cgroup.
+type Jailer struct {
+	UID        int    `json:"uid"`
+	GID        int    `json:"gid"`
+	ChrootBase string `json:"chroot_base,omitempty"` // default /srv/jailer
 }
 
 // Drive is an extra block device.
@@ -122,6 +131,14 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if err := ValidateEnv(c.Env); err != nil {
 		return c, err
+	}
+	if j := c.Jailer; j != nil {
+		if c.Backend != "" && c.Backend != "firecracker" {
+			return c, fmt.Errorf("%w: the jailer is Firecracker's; backend %s has none", ErrInvalid, c.Backend)
+		}
+		if j.UID < 0 || j.GID < 0 {
+			return c, fmt.Errorf("%w jailer uid/gid %d/%d", ErrInvalid, j.UID, j.GID)
+		}
 	}
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {
 		return c, fmt.Errorf("%w boot args: no newlines or NULs", ErrInvalid)

@@ -45,6 +45,10 @@ func TestConfigValidation(t *testing.T) {
 		{"env key with dash", Config{Env: map[string]string{"A-B": "x"}}, false},
 		{"env value with newline and quotes", Config{Env: map[string]string{"A_B": "x\n'\"$"}}, true},
 		{"boot args with newline", Config{BootArgs: "a\nb"}, false},
+		{"jailer, backend chosen later", Config{Jailer: &Jailer{UID: 1000, GID: 1000}}, true},
+		{"jailer with firecracker", Config{Backend: "firecracker", Jailer: &Jailer{}}, true},
+		{"jailer with qemu", Config{Backend: "qemu", Jailer: &Jailer{}}, false},
+		{"jailer negative uid", Config{Jailer: &Jailer{UID: -1}}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -94,7 +94,10 @@ func (vm *VM) launch(ctx context.Context, r store.VM) error {
 			return err
 		}
 	}
-	plan := supervisor.Plan{Backend: backend, VMM: spec, Net: h.netPlan(rec.Config)}
+	plan := supervisor.Plan{Backend: backend, VMM: spec, Net: h.netPlan(rec.Config), Jailer: jailerPlan(rec.Config)}
+	if plan.Jailer != nil && backend != "firecracker" {
+		return fmt.Errorf("%w: the jailer needs the firecracker backend, and %s was chosen", ErrInvalid, backend)
+	}
 	b, err := json.Marshal(plan)
 	if err != nil {
 		return err
@@ -109,6 +112,14 @@ func (vm *VM) launch(ctx context.Context, r store.VM) error {
 	args := []string{"__supervise", "--data-dir", h.dir, vm.id}
 	_, err = supervisor.Spawn(ctx, h.opts.exe, args, r.Dir)
 	return err
+}
+
+// jailerPlan is the supervisor's view of cfg.Jailer.
+func jailerPlan(cfg Config) *supervisor.JailerPlan {
+	if j := cfg.Jailer; j != nil {
+		return &supervisor.JailerPlan{UID: j.UID, GID: j.GID, ChrootBase: j.ChrootBase}
+	}
+	return nil
 }
 
 // vmlinux returns an uncompressed ELF kernel for k, extracting it from the

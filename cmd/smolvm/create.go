@@ -18,6 +18,8 @@ type createFlags struct {
 	drives []string
 	mode   string
 	net    netFlags
+	jailer bool
+	jail   smolvm.Jailer
 }
 
 func (f *createFlags) register(cmd *cobra.Command) {
@@ -36,6 +38,10 @@ func (f *createFlags) register(cmd *cobra.Command) {
 	fl.StringArrayVar(&f.drives, "drive", nil, "extra disk PATH[:ro] (repeatable): /dev/vdb, /dev/vdc, ...")
 	fl.StringArrayVar(&f.env, "env", nil, "environment variable K=V for every command (repeatable)")
 	fl.StringVar(&f.cfg.Backend, "backend", "", "qemu or firecracker (default: $SMOLVM_BACKEND, else chosen for this host)")
+	fl.BoolVar(&f.jailer, "jailer", false, "firecracker only: run it through its jailer (chroot, uid/gid, cgroup)")
+	fl.IntVar(&f.jail.UID, "jailer-uid", 0, "with --jailer: the uid firecracker runs as")
+	fl.IntVar(&f.jail.GID, "jailer-gid", 0, "with --jailer: the gid firecracker runs as")
+	fl.StringVar(&f.jail.ChrootBase, "jailer-chroot", "", "with --jailer: the jailer's chroot base dir (default /srv/jailer)")
 	f.net.register(cmd, &f.cfg)
 }
 
@@ -43,6 +49,10 @@ func (f *createFlags) register(cmd *cobra.Command) {
 func (f *createFlags) config() (smolvm.Config, error) {
 	cfg := f.cfg
 	cfg.DiskMode = smolvm.DiskMode(f.mode)
+	if f.jailer {
+		j := f.jail
+		cfg.Jailer = &j
+	}
 	f.net.apply(&cfg)
 	env, err := parseEnv(f.env)
 	if err != nil {

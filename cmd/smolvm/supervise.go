@@ -9,7 +9,6 @@ import (
 	"github.com/smolvm/smolvm/internal/supervisor"
 	"github.com/smolvm/smolvm/internal/vmm"
 	"github.com/smolvm/smolvm/internal/vmm/backends"
-	"github.com/smolvm/smolvm/internal/vmm/firecracker"
 	"github.com/smolvm/smolvm/internal/vmm/qemu"
 	"github.com/spf13/cobra"
 )
@@ -30,10 +29,10 @@ func superviseCmd(g *globals) *cobra.Command {
 			ready := os.NewFile(3, "ready")
 			return supervisor.Run(cmd.Context(), supervisor.Options{
 				Store: st, ID: args[0], Ready: ready, Logger: log,
-				Backend: func(name string) (vmm.Backend, error) {
-					return backends.New(name, backends.Options{
+				Backend: func(p supervisor.Plan) (vmm.Backend, error) {
+					return backends.New(p.Backend, backends.Options{
 						QEMU:        qemu.Options{Logger: log},
-						Firecracker: firecracker.Options{Logger: log},
+						Firecracker: p.FirecrackerOptions(log),
 					})
 				},
 			})

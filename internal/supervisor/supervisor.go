@@ -28,7 +28,7 @@ type Options struct {
 	Store   *store.Store
 	ID      string
 	Ready   io.WriteCloser // told "ok" or "error: …" once the VM is up or has failed; may be nil
-	Backend func(name string) (vmm.Backend, error)
+	Backend func(p Plan) (vmm.Backend, error) // the backend p.Backend names, set up as p asks
 	Logger  *slog.Logger
 }
 
@@ -84,7 +84,7 @@ func (s *supervisor) launch(ctx context.Context) (_ net.Listener, err error) {
 	if err := json.Unmarshal(s.vm.Spec, &s.plan); err != nil {
 		return nil, fmt.Errorf("decoding launch plan: %w", err)
 	}
-	backend, err := s.opts.Backend(s.plan.Backend)
+	backend, err := s.opts.Backend(s.plan)
 	if err != nil {
 		return nil, err
 	}
