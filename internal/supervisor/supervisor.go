@@ -27,7 +27,7 @@ import (
 type Options struct {
 	Store   *store.Store
 	ID      string
-	Ready   io.WriteCloser // told "ok" or "error: …" once the VM is up or has failed; may be nil
+	Ready   io.WriteCloser                    // told "ok" or "error: …" once the VM is up or has failed; may be nil
 	Backend func(p Plan) (vmm.Backend, error) // the backend p.Backend names, set up as p asks
 	Logger  *slog.Logger
 }
