@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // DiskMode says how a VM's root disk relates to its image.
@@ -76,12 +77,14 @@ type Drive struct {
 }
 
 var (
-	nameRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9_-]{0,62}[a-z0-9])?$`)
-	envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	// Compiled on first use: package initialisation runs before the guest
+	// agent's main too, where (under TCG) every millisecond of it is ~40.
+	nameRE   = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9]([a-z0-9_-]{0,62}[a-z0-9])?$`) })
+	envKeyRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`) })
 )
 
 // ValidName reports whether s is a valid VM name.
-func ValidName(s string) bool { return nameRE.MatchString(s) }
+func ValidName(s string) bool { return nameRE().MatchString(s) }
 
 // Validate checks c as New would, without touching anything: an error
 // wraps ErrInvalid.
@@ -158,7 +161,7 @@ func envList(env map[string]string) []string {
 // ValidateEnv checks environment variable names.
 func ValidateEnv(env map[string]string) error {
 	for k := range env {
-		if !envKeyRE.MatchString(k) {
+		if !envKeyRE().MatchString(k) {
 			return fmt.Errorf("%w environment variable name %q", ErrInvalid, k)
 		}
 	}

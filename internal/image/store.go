@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -19,7 +20,7 @@ import (
 // ^[a-z0-9][a-z0-9_.-]{0,62}$ (the rule VM names follow too).
 var ErrInvalidName = errors.New("invalid name")
 
-var storeNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+var storeNameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`) })
 
 // Store keeps root file system images in one directory: NAME.ext4 beside
 // NAME.json, the Image record that describes it. An image is visible only
@@ -47,7 +48,7 @@ func (s *Store) Dir() string { return s.dir }
 
 // ValidateName reports whether name is usable as an image name.
 func ValidateName(name string) error {
-	if !storeNameRE.MatchString(name) {
+	if !storeNameRE().MatchString(name) {
 		return fmt.Errorf("image name %q: %w: use 1-63 of a-z 0-9 _ . - starting with a letter or digit", name, ErrInvalidName)
 	}
 	return nil

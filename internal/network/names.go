@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // TapPrefix starts the name of every host link smolvm makes for a VM. Sweep
@@ -22,11 +23,11 @@ const rulePrefix = "smolvm:"
 
 // vmIDPattern limits VM IDs to what fits in link aliases, chain names and
 // rule comments without quoting.
-var vmIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+var vmIDPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`) })
 
 // checkVMID says why id cannot name a VM, or nil.
 func checkVMID(id string) error {
-	if !vmIDPattern.MatchString(id) {
+	if !vmIDPattern().MatchString(id) {
 		return fmt.Errorf("%w: vm id %q (want 1-64 of [A-Za-z0-9_.-], starting alphanumeric)", ErrInvalid, id)
 	}
 	return nil

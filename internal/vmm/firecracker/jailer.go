@@ -7,15 +7,16 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // jailerID is what the jailer accepts as --id (and firecracker as --id).
-var jailerID = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
+var jailerID = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`) })
 
 // setupJail prepares the jail root for VM id and points l at it. The jailer
 // creates the same directories itself and accepts them existing.
 func (b *Backend) setupJail(l *layout, id, fcPath string) error {
-	if !jailerID.MatchString(id) {
+	if !jailerID().MatchString(id) {
 		return fmt.Errorf("vm id %q cannot name a jail: want 1-64 letters, digits or dashes", id)
 	}
 	jailDir := filepath.Join(b.opts.ChrootBase, filepath.Base(fcPath), id)

@@ -128,7 +128,7 @@ func (b *Backend) start(ctx context.Context, spec vmm.Spec, fcPath string, l *la
 			return nil, errors.New("a network namespace needs the jailer (UseJailer)")
 		}
 		args := []string{"--api-sock", l.host(apiSocket)}
-		if jailerID.MatchString(spec.ID) {
+		if jailerID().MatchString(spec.ID) {
 			args = append(args, "--id", spec.ID)
 		}
 		cmd = exec.Command(fcPath, args...)
