@@ -121,22 +121,29 @@ func (s *server) procOp(ctx context.Context, st net.Conn, c *agentproto.Conn, op
 	}
 }
 
-// waitOrHangup waits until done is closed (true) or the host ends the
-// stream (false).
-func waitOrHangup(st net.Conn, c *agentproto.Conn, done <-chan struct{}) bool {
-	gone := make(chan struct{})
+// watchHangup reads (and drops) what the host sends on the stream until it
+// ends: gone is closed then. stop ends the watch and waits for its reader.
+func watchHangup(st net.Conn, c *agentproto.Conn) (gone <-chan struct{}, stop func()) {
+	ch := make(chan struct{})
 	go func() {
-		defer close(gone)
+		defer close(ch)
 		for {
 			if _, _, err := c.ReadFrame(nil); err != nil {
 				return
 			}
 		}
 	}()
-	defer func() {
+	return ch, func() {
 		st.SetReadDeadline(time.Now())
-		<-gone
-	}()
+		<-ch
+	}
+}
+
+// waitOrHangup waits until done is closed (true) or the host ends the
+// stream (false).
+func waitOrHangup(st net.Conn, c *agentproto.Conn, done <-chan struct{}) bool {
+	gone, stop := watchHangup(st, c)
+	defer stop()
 	select {
 	case <-done:
 		return true
@@ -287,19 +294,8 @@ func (s *server) procOutput(ctx context.Context, st net.Conn, c *agentproto.Conn
 	if err := c.WriteJSON(agentproto.FrameResponse, agentproto.Response{Proc: &pi}); err != nil {
 		return err
 	}
-	gone := make(chan struct{})
-	go func() {
-		defer close(gone)
-		for {
-			if _, _, err := c.ReadFrame(nil); err != nil {
-				return
-			}
-		}
-	}()
-	defer func() {
-		st.SetReadDeadline(time.Now())
-		<-gone
-	}()
+	gone, stop := watchHangup(st, c)
+	defer stop()
 	streams := []struct {
 		r     *ring
 		frame agentproto.FrameType
