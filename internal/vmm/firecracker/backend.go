@@ -149,30 +149,8 @@ func CheckKVM(dev string) error {
 	if v != kvmAPIVersion {
 		return fmt.Errorf("%s reports KVM API %d, want %d", dev, v, kvmAPIVersion)
 	}
-	if runtime.GOARCH == "amd64" && !cpuHasVirt("/proc/cpuinfo") {
+	if runtime.GOARCH == "amd64" && !vmm.CPUHasVirt("/proc/cpuinfo") {
 		return fmt.Errorf("%s opens but the CPU shows no vmx/svm flag: hardware virtualisation is not available here (for a cloud VM, turn on nested virtualisation)", dev)
 	}
 	return nil
-}
-
-// cpuHasVirt reports whether the first "flags" line of the cpuinfo file
-// lists vmx or svm.
-func cpuHasVirt(cpuinfo string) bool {
-	b, err := os.ReadFile(cpuinfo)
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok || strings.TrimSpace(k) != "flags" {
-			continue
-		}
-		for _, f := range strings.Fields(v) {
-			if f == "vmx" || f == "svm" {
-				return true
-			}
-		}
-		return false
-	}
-	return false
 }

@@ -164,8 +164,8 @@ func TestCPUHasVirt(t *testing.T) {
 	for i, c := range cases {
 		p := filepath.Join(dir, "cpuinfo")
 		os.WriteFile(p, []byte(c.cpuinfo), 0o644)
-		if got := cpuHasVirt(p); got != c.want {
-			t.Errorf("case %d: cpuHasVirt = %v, want %v", i, got, c.want)
+		if got := vmm.CPUHasVirt(p); got != c.want {
+			t.Errorf("case %d: CPUHasVirt = %v, want %v", i, got, c.want)
 		}
 	}
 }

@@ -154,31 +154,7 @@ func kvmUsable(dev, root string) bool {
 	if runtime.GOARCH != "amd64" {
 		return true
 	}
-	return cpuHasVirt(filepath.Join(root, "proc/cpuinfo"))
-}
-
-// cpuHasVirt reports whether the first "flags" line of cpuinfo lists vmx or svm.
-func cpuHasVirt(cpuinfo string) bool {
-	f, err := os.Open(cpuinfo)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok || strings.TrimSpace(k) != "flags" {
-			continue
-		}
-		for _, flag := range strings.Fields(v) {
-			if flag == "vmx" || flag == "svm" {
-				return true
-			}
-		}
-		return false
-	}
-	return false
+	return vmm.CPUHasVirt(filepath.Join(root, "proc/cpuinfo"))
 }
 
 // hostTSCKHz returns the host's TSC frequency in kHz, from the kernel's
