@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/smolvm/smolvm/internal/agentproto"
 )
 
 // moduleDevices maps driver modules to the virtio device type they drive
@@ -26,6 +26,12 @@ var moduleDevices = map[string]int{
 	"vmw_vsock_virtio_transport": 0x13,
 }
 
+// moduleParamGate names modules loaded only when a kernel command line
+// parameter is "1": overlay serves only a read-only root.
+var moduleParamGate = map[string]string{
+	"overlay": agentproto.ParamRootRO,
+}
+
 // kmodEntry is one module of the initramfs's list.
 type kmodEntry struct {
 	path string
@@ -33,28 +39,22 @@ type kmodEntry struct {
 	deps []string
 }
 
-// loadModules loads the kernel modules listed (one path a line, in load
-// order) in the file at list, giving each the parameters the kernel command
-// line sets for it ("virtio_mmio.device=..."), as modprobe would. Modules
-// nothing else depends on and that drive no virtio device (virtio_mmio,
-// overlay) load first, with their dependencies; then the drivers of the
-// virtio devices present under sys (all of them if none can be seen). A
-// missing list means there is nothing to load; a module already loaded is
-// fine; a module that fails is logged and skipped (whatever needed it fails
-// later with a clearer error). It returns how many modules were loaded.
+// loadModules loads the kernel modules listed in the file at list (see
+// agentproto.InitramfsModuleList), giving each the parameters the kernel
+// command line sets for it ("virtio_mmio.device=..."), as modprobe would.
+// Modules nothing else depends on and that drive no virtio device
+// (virtio_mmio; overlay only for a read-only root) load first, with their
+// dependencies; then the drivers of the virtio devices present under sys
+// (all of them if none can be seen). A missing list means there is nothing
+// to load; a module already loaded is fine; a module that fails is logged
+// and skipped (whatever needed it fails later with a clearer error). It
+// returns how many modules were loaded.
 func loadModules(log *slog.Logger, list, cmdline, sys string) (int, error) {
 	entries, err := readModuleList(list)
 	if err != nil {
 		return 0, err
 	}
-	var always, drivers []string
-	for _, r := range rootModules(entries) {
-		if _, ok := moduleDevices[r]; ok {
-			drivers = append(drivers, r)
-		} else {
-			always = append(always, r)
-		}
-	}
+	always, drivers := splitRoots(rootModules(entries), agentproto.ParseCmdline(cmdline))
 	done := map[string]bool{}
 	n := loadEntries(log, moduleClosure(entries, always, done), cmdline, done)
 	if hasVirtioDevice(sys, -1) {
@@ -72,6 +72,22 @@ func loadModules(log *slog.Logger, list, cmdline, sys string) (int, error) {
 	return n, nil
 }
 
+// splitRoots sorts root modules into those always loaded and the drivers
+// of virtio devices, leaving out those whose moduleParamGate is not set.
+func splitRoots(roots []string, params map[string]string) (always, drivers []string) {
+	for _, r := range roots {
+		if p, ok := moduleParamGate[r]; ok && params[p] != "1" {
+			continue
+		}
+		if _, ok := moduleDevices[r]; ok {
+			drivers = append(drivers, r)
+		} else {
+			always = append(always, r)
+		}
+	}
+	return always, drivers
+}
+
 func loadEntries(log *slog.Logger, es []kmodEntry, cmdline string, done map[string]bool) int {
 	n := 0
 	for _, e := range es {
@@ -87,51 +103,31 @@ func loadEntries(log *slog.Logger, es []kmodEntry, cmdline string, done map[stri
 	return n
 }
 
-// readModuleList reads the list and each module's dependencies.
+// readModuleList reads the list: a module's path, then the names of the
+// listed modules it depends on (see agentproto.InitramfsModuleList).
 func readModuleList(list string) ([]kmodEntry, error) {
-	f, err := os.Open(list)
+	data, err := os.ReadFile(list)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading module list: %w", err)
 	}
-	defer f.Close()
 	var out []kmodEntry
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		path := strings.TrimSpace(sc.Text())
+	for _, line := range strings.Split(string(data), "\n") {
+		path, deps, _ := strings.Cut(strings.TrimSpace(line), " ")
 		if path == "" {
 			continue
 		}
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("reading kernel module: %w", err)
+		e := kmodEntry{path: path, name: moduleName(path)}
+		for _, d := range strings.Split(deps, ",") {
+			if d != "" {
+				e.deps = append(e.deps, d)
+			}
 		}
-		out = append(out, kmodEntry{path: path, name: moduleName(path), deps: moduleDepends(data)})
+		out = append(out, e)
 	}
-	return out, sc.Err()
-}
-
-// moduleDepends finds the "depends=" field of a module's .modinfo
-// strings without parsing the ELF (the agent stays small).
-func moduleDepends(data []byte) []string {
-	const key = "\x00depends="
-	i := bytes.Index(data, []byte(key))
-	if i < 0 {
-		return nil
-	}
-	v := data[i+len(key):]
-	if j := bytes.IndexByte(v, 0); j >= 0 {
-		v = v[:j]
-	}
-	var deps []string
-	for _, d := range strings.Split(string(v), ",") {
-		if d = strings.TrimSpace(d); d != "" {
-			deps = append(deps, strings.ReplaceAll(d, "-", "_"))
-		}
-	}
-	return deps
+	return out, nil
 }
 
 // rootModules lists, in order, the modules no other listed module needs.

@@ -73,37 +73,51 @@ func TestModuleClosure(t *testing.T) {
 	}
 }
 
-func TestModuleDepends(t *testing.T) {
-	tests := []struct {
-		data string
-		want []string
-	}{
-		{"\x7fELF...\x00license=GPL\x00depends=virtio,virtio_ring\x00intree=Y\x00", []string{"virtio", "virtio_ring"}},
-		{"\x00depends=\x00name=x\x00", nil},
-		{"\x00depends=net-failover", []string{"net_failover"}},
-		{"no modinfo here", nil},
+func TestReadModuleList(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "modules")
+	list := "/lib/modules/virtio_ring.ko\n/lib/modules/virtio.ko virtio_ring\n\n/lib/modules/net-failover.ko failover\n/lib/modules/virtio_net.ko virtio_ring,virtio,net_failover\n"
+	if err := os.WriteFile(p, []byte(list), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	for _, tt := range tests {
-		if got := moduleDepends([]byte(tt.data)); !slices.Equal(got, tt.want) {
-			t.Errorf("moduleDepends(%q) = %q, want %q", tt.data, got, tt.want)
-		}
+	got, err := readModuleList(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []kmodEntry{
+		{path: "/lib/modules/virtio_ring.ko", name: "virtio_ring"},
+		{path: "/lib/modules/virtio.ko", name: "virtio", deps: []string{"virtio_ring"}},
+		{path: "/lib/modules/net-failover.ko", name: "net_failover", deps: []string{"failover"}},
+		{path: "/lib/modules/virtio_net.ko", name: "virtio_net", deps: []string{"virtio_ring", "virtio", "net_failover"}},
+	}
+	if !slices.EqualFunc(got, want, func(a, b kmodEntry) bool {
+		return a.path == b.path && a.name == b.name && slices.Equal(a.deps, b.deps)
+	}) {
+		t.Errorf("readModuleList = %+v, want %+v", got, want)
+	}
+	if es, err := readModuleList(filepath.Join(t.TempDir(), "none")); err != nil || es != nil {
+		t.Errorf("missing list = %v, %v; want nothing to load", es, err)
 	}
 }
 
-// TestModuleDependsRealModule checks the byte scan against a real module
-// of the guest kernel, when it is installed.
-func TestModuleDependsRealModule(t *testing.T) {
-	p := filepath.Join(vmModules, "kernel/drivers/net/virtio_net.ko")
-	data, err := os.ReadFile(p)
-	if err != nil {
-		if os.Getenv("SMOLVM_VM_TESTS") == "1" {
-			t.Fatal(err)
-		}
-		t.Skipf("needs the guest kernel's modules: %v", err)
+func TestSplitRoots(t *testing.T) {
+	roots := rootModules(testModuleList())
+	tests := []struct {
+		name            string
+		params          map[string]string
+		always, drivers string
+	}{
+		{"writable root: no overlay", nil, "virtio_mmio", "virtio_blk virtio_console virtio_net virtio_rng vmw_vsock_virtio_transport"},
+		{"read-only root: overlay", map[string]string{"smolvm.rootro": "1"}, "virtio_mmio overlay", "virtio_blk virtio_console virtio_net virtio_rng vmw_vsock_virtio_transport"},
 	}
-	got := moduleDepends(data)
-	slices.Sort(got)
-	if want := []string{"net_failover", "virtio", "virtio_ring"}; !slices.Equal(got, want) {
-		t.Errorf("depends = %q, want %q", got, want)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			always, drivers := splitRoots(roots, tt.params)
+			if got := strings.Join(always, " "); got != tt.always {
+				t.Errorf("always = %q, want %q", got, tt.always)
+			}
+			if got := strings.Join(drivers, " "); got != tt.drivers {
+				t.Errorf("drivers = %q, want %q", got, tt.drivers)
+			}
+		})
 	}
 }

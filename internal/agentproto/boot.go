@@ -13,7 +13,12 @@ const (
 
 // Paths inside the initramfs that smolvm builds.
 const (
-	InitramfsModuleList = "/etc/smolvm/modules" // .ko paths, one a line, in load order
+	// InitramfsModuleList names the modules to load, one a line in load
+	// order: the .ko path, then (after a space) the comma-separated names of
+	// the listed modules it depends on, if any. The host reads the
+	// dependencies from each module's .modinfo so that the guest, where
+	// every instruction may be emulated, does not have to.
+	InitramfsModuleList = "/etc/smolvm/modules"
 )
 
 // ParseCmdline splits a kernel command line into smolvm's parameters

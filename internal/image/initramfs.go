@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/smolvm/smolvm/internal/agentproto"
@@ -17,7 +18,7 @@ import (
 
 // initramfsFormat names the layout BuildInitramfs writes; change it whenever
 // the layout or the module list changes so old cache entries are not reused.
-const initramfsFormat = "smolvm-initramfs/2"
+const initramfsFormat = "smolvm-initramfs/3"
 
 // initramfsModuleDir is where module files go inside the initramfs.
 const initramfsModuleDir = "/lib/modules"
@@ -161,7 +162,7 @@ func initramfsWrite(w *os.File, agent []byte, mods []kmodFile) error {
 	for _, m := range mods {
 		p := path.Join(initramfsModuleDir, m.Name+".ko")
 		c.File(p, 0o644, m.Data)
-		fmt.Fprintln(&list, p)
+		fmt.Fprintln(&list, strings.TrimSpace(p+" "+strings.Join(m.Deps, ",")))
 	}
 	c.File(agentproto.InitramfsModuleList, 0o644, list.Bytes())
 	return c.Close()

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"slices"
 	"strings"
 	"testing"
 
@@ -259,7 +260,13 @@ func TestBuildInitramfsRealModules(t *testing.T) {
 	for _, e := range cpioTestRead(t, b) {
 		files["/"+e.Name] = e.Data
 	}
-	list := strings.Fields(string(files[agentproto.InitramfsModuleList]))
+	var list []string
+	deps := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(files[agentproto.InitramfsModuleList])), "\n") {
+		p, d, _ := strings.Cut(line, " ")
+		list = append(list, p)
+		deps[strings.TrimSuffix(filepath.Base(p), ".ko")] = d
+	}
 	t.Logf("modules in load order: %v (archive %d bytes)", list, len(b))
 	pos := map[string]int{}
 	for i, p := range list {
@@ -283,6 +290,12 @@ func TestBuildInitramfsRealModules(t *testing.T) {
 		b, okB := pos[ab[1]]
 		if !okA || !okB || a >= b {
 			t.Errorf("%s (at %d, present %v) must load before %s (at %d, present %v)", ab[0], a, okA, ab[1], b, okB)
+		}
+	}
+	// The guest learns dependencies from the list, not the module files.
+	for mod, want := range map[string]string{"virtio_ring": "", "net_failover": "failover", "virtio_blk": "virtio,virtio_ring"} {
+		if got := deps[mod]; !sameSet(got, want) {
+			t.Errorf("listed dependencies of %s = %q, want %q", mod, got, want)
 		}
 	}
 	if _, ok := pos["overlay"]; !ok {
@@ -310,4 +323,12 @@ func ExampleBuildInitramfs() {
 	io.ReadFull(f, magic)
 	fmt.Println(string(magic))
 	// Output: 070701
+}
+
+// sameSet compares two comma-separated lists ignoring order.
+func sameSet(a, b string) bool {
+	x, y := strings.Split(a, ","), strings.Split(b, ",")
+	slices.Sort(x)
+	slices.Sort(y)
+	return slices.Equal(x, y)
 }

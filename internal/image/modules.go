@@ -36,9 +36,10 @@ func kmodBootModules() []string {
 
 // kmodFile is one kernel module chosen for the initramfs.
 type kmodFile struct {
-	Name string // canonical name: '-' replaced by '_', no extension
-	Path string // file under the modules directory
-	Data []byte // the uncompressed ELF object
+	Name string   // canonical name: '-' replaced by '_', no extension
+	Path string   // file under the modules directory
+	Data []byte   // the uncompressed ELF object
+	Deps []string // the modules it needs that are loaded before it (not built in)
 }
 
 // kmodName canonicalises a module name or file name: "virtio-rng.ko.xz"
@@ -193,6 +194,16 @@ func kmodResolve(ctx context.Context, dir string, wanted []string) ([]kmodFile, 
 	return r.order, nil
 }
 
+// listed says whether name is in the load order so far.
+func (r *kmodResolver) listed(name string) bool {
+	for _, f := range r.order {
+		if f.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
 // kmodResolver is a depth-first topological sort over module dependencies.
 type kmodResolver struct {
 	ctx     context.Context
@@ -226,12 +237,16 @@ func (r *kmodResolver) visit(name string, chain []string) error {
 	if err != nil {
 		return fmt.Errorf("reading kernel module %s (%s): %w", name, path, err)
 	}
+	var loaded []string
 	for _, d := range deps {
 		if err := r.visit(d, append(chain, name)); err != nil {
 			return err
 		}
+		if r.listed(d) {
+			loaded = append(loaded, d)
+		}
 	}
 	r.state[name] = 2
-	r.order = append(r.order, kmodFile{Name: name, Path: path, Data: data})
+	r.order = append(r.order, kmodFile{Name: name, Path: path, Data: data, Deps: loaded})
 	return nil
 }
