@@ -15,8 +15,13 @@ import (
 // the same run: through this package (netlink + nftables batches) and
 // through ip/tc/nft subprocesses doing the same steps (the baseline).
 // Needs SMOLVM_VM_TESTS=1 (root, a fresh namespace).
+//
+// Both report setup, teardown and total ms per VM; the subprocess line also
+// reports ratio, the netlink total over its own (when netlink ran first,
+// as with -bench SetupTeardown).
 func BenchmarkSetupTeardown(b *testing.B) {
 	opts := VMOptions{RateMbps: 100, Egress: Policy{Mode: EgressAllowlist}}
+	var nl phases
 	b.Run("netlink", func(b *testing.B) {
 		tp := newTopo(b)
 		ctx := context.Background()
@@ -40,6 +45,7 @@ func BenchmarkSetupTeardown(b *testing.B) {
 			ph.end()
 		}
 		ph.report(b)
+		nl = ph
 	})
 	b.Run("subprocess", func(b *testing.B) {
 		tp := newTopo(b)
@@ -60,6 +66,9 @@ func BenchmarkSetupTeardown(b *testing.B) {
 			}
 		})
 		ph.report(b)
+		if nl.n > 0 {
+			b.ReportMetric(nl.perVM()/ph.perVM(), "ratio")
+		}
 	})
 }
 
@@ -82,12 +91,18 @@ type phases struct {
 	n               int
 }
 
-func (p *phases) start() { p.t0 = time.Now() }
-func (p *phases) mid()   { p.t1 = time.Now(); p.setup += p.t1.Sub(p.t0) }
-func (p *phases) end()   { p.teardown += time.Since(p.t1); p.n++ }
+func (p *phases) start()                { p.t0 = time.Now() }
+func (p *phases) mid()                  { p.t1 = time.Now(); p.setup += p.t1.Sub(p.t0) }
+func (p *phases) end()                  { p.teardown += time.Since(p.t1); p.n++ }
+func ms(d time.Duration, n int) float64 { return float64(d.Microseconds()) / float64(n) / 1000 }
+
+// perVM is setup plus teardown, in ms per VM.
+func (p *phases) perVM() float64 { return ms(p.setup+p.teardown, p.n) }
+
 func (p *phases) report(b *testing.B) {
-	b.ReportMetric(float64(p.setup.Microseconds())/float64(p.n)/1000, "setup-ms/op")
-	b.ReportMetric(float64(p.teardown.Microseconds())/float64(p.n)/1000, "teardown-ms/op")
+	b.ReportMetric(ms(p.setup, p.n), "setup-ms/op")
+	b.ReportMetric(ms(p.teardown, p.n), "teardown-ms/op")
+	b.ReportMetric(p.perVM(), "total-ms/op")
 }
 
 // shellSetup does Setup's kernel steps with ip, tc and one nft batch; like

@@ -52,8 +52,10 @@
 // and from this host. In user mode QEMU forwards (HostFwdAdd).
 //
 // Performance: per VM, Setup is one tap creation and five netlink calls
-// plus one nftables batch; Teardown one batch and one link deletion, run
-// side by side. Both are bounded by kernel RCU grace periods (deleting
-// chains, unregistering a link), not by the process; see
-// BenchmarkSetupTeardown.
+// plus one nftables batch (~3 ms); Teardown one nftables batch (~1 ms, on
+// the Manager's kept socket; see nftSession) and one link deletion, run side
+// by side. The link deletion is the floor: the kernel's netdev_run_todo
+// waits in rcu_barrier for a full RCU grace period (15-19 ms here) for any
+// device unregistration, and closing a non-persistent tap's last fd costs
+// the same. See BenchmarkSetupTeardown and BenchmarkTeardownSteps.
 package network

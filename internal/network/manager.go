@@ -98,6 +98,7 @@ type Manager struct {
 	ns     nsRunner
 	nl     *netlink.Handle
 	table  *nftables.Table
+	nft    nftSession
 	res    *resolver
 
 	mu  sync.Mutex
@@ -166,6 +167,7 @@ func (m *Manager) open(ctx context.Context) error {
 	if m.ns, err = openNS(m.cfg.NetNS); err != nil {
 		return err
 	}
+	m.nft.ns = m.ns
 	if m.nl, err = m.netlinkHandle(); err != nil {
 		return fmt.Errorf("open netlink: %w", err)
 	}
@@ -234,6 +236,7 @@ func (m *Manager) Close() error {
 	if m.res != nil {
 		errs = append(errs, m.res.close())
 	}
+	errs = append(errs, m.nft.close())
 	if m.nl != nil {
 		m.nl.Close()
 	}
@@ -244,29 +247,8 @@ func (m *Manager) Close() error {
 // Pool is the Manager's address pool.
 func (m *Manager) Pool() Pool { return m.pool }
 
-// flush runs fn to queue one batch and sends it: the kernel applies all of
-// it or none. Each batch has its own connection (reads in fn share it), so
-// a batch abandoned on error never leaks into the next one.
+// flush runs fn to queue one batch on the Manager's nftables socket and
+// sends it (see nftSession). fn must not call flush.
 func (m *Manager) flush(fn func(c *nftables.Conn) error) error {
-	c, err := m.nftConn()
-	if err != nil {
-		return err
-	}
-	defer c.CloseLasting()
-	if err := fn(c); err != nil {
-		return err
-	}
-	return c.Flush()
-}
-
-func (m *Manager) nftConn() (*nftables.Conn, error) {
-	opts := []nftables.ConnOption{nftables.AsLasting()}
-	if m.ns.set {
-		opts = append(opts, nftables.WithNetNSFd(int(m.ns.handle)))
-	}
-	c, err := nftables.New(opts...)
-	if err != nil {
-		return nil, fmt.Errorf("open nftables: %w", err)
-	}
-	return c, nil
+	return m.nft.batch(fn)
 }
