@@ -74,26 +74,31 @@ func (m *Manager) Sweep(ctx context.Context, owned func(vmID string) bool) ([]st
 // sweepTable deletes the nftables objects of VMs not owned (adding them to
 // orphans), and the table when nothing owned is left in it.
 func (m *Manager) sweepTable(owned func(string) bool, orphans map[string]bool) error {
+	var present map[string]bool
+	err := m.flush(func(c *nftables.Conn) error { // reads only: an empty batch
+		var err error
+		present, err = m.tableVMs(c)
+		return err
+	})
+	if err != nil || present == nil {
+		return err // present == nil: no table
+	}
+	drop := map[string]bool{}
+	keep := false
+	for id := range present { // owned runs outside the nftables lock
+		if owned(id) {
+			keep = true
+		} else {
+			drop[id] = true
+			orphans[id] = true
+		}
+	}
 	return m.flush(func(c *nftables.Conn) error {
-		present, err := m.tableVMs(c)
-		if err != nil || present == nil {
-			return err // present == nil: no table
-		}
-		drop := map[string]bool{}
-		keep := false
-		for id := range present {
-			if owned(id) {
-				keep = true
-			} else {
-				drop[id] = true
-				orphans[id] = true
-			}
-		}
 		if !keep {
 			c.DelTable(m.table)
 			return nil
 		}
-		_, err = m.delVM(c, drop)
+		_, err := m.delVM(c, drop)
 		return err
 	})
 }
