@@ -76,7 +76,7 @@ func (bb *benchBare) boot(ctx context.Context) (float64, error) {
 	}
 	defer os.RemoveAll(dir)
 	spec := vmm.Spec{
-		ID: "bench-bare", Dir: dir, Kernel: bb.host.Kernel, Initrd: bb.initrd, Cmdline: "quiet",
+		ID: "bench-bare", Dir: dir, Kernel: bb.host.Kernel, Initrd: bb.initrd, Cmdline: guestKernelArgs, // as smolvm boots its guests: only the machinery differs
 		VCPUs: DefaultVCPUs, MemoryMiB: DefaultMemoryMiB, ConsoleLog: filepath.Join(dir, "console.log"),
 	}
 	ctx, cancel := context.WithTimeout(ctx, benchBareBound)

@@ -172,14 +172,21 @@ func isELF(path string) bool {
 	return err == nil && string(magic[:]) == "\x7fELF"
 }
 
+// guestKernelArgs are the kernel parameters every guest boots with, ahead
+// of Config.BootArgs (which can override them). "cryptomgr.notests" skips
+// the crypto self-tests that distribution kernels run at boot (220 ms of a
+// 1.3 s kernel start under emulation, a few ms on KVM); kernels configured
+// for microVMs, Firecracker's and smolvm's own, leave the tests out when
+// they are built.
+const guestKernelArgs = "quiet cryptomgr.notests"
+
 // vmSpec is the VMM's view of the VM.
 func vmSpec(dir string, rec record, initrd string) vmm.Spec {
 	cfg := rec.Config
-	cmdline := []string{
+	cmdline := append([]string{
 		agentproto.ParamRoot + "=/dev/vda",
 		agentproto.ParamHostname + "=" + cfg.Name,
-		"quiet",
-	}
+	}, strings.Fields(guestKernelArgs)...)
 	root := vmm.Disk{Path: rec.Disk, Format: rec.DiskFormat}
 	if cfg.DiskMode == DiskShared {
 		root.ReadOnly = true
