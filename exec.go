@@ -104,20 +104,22 @@ func (vm *VM) run(ctx context.Context, argv []string, opts RunOptions) (Result, 
 	return exchange(ctx, agentproto.NewConn(conn), req, opts)
 }
 
-// exchange runs one exec over an agent stream.
+// exchange runs one exec over an agent stream. It asks for no pid: the
+// first reply is output, the exit status or an error, so a short command
+// costs one frame from the guest. A signal sent before the process runs
+// waits in the stream and reaches it once it does.
 func exchange(ctx context.Context, c *agentproto.Conn, req agentproto.ExecRequest, opts RunOptions) (Result, error) {
-	if err := c.WriteJSON(agentproto.FrameRequest, agentproto.Request{Op: agentproto.OpExec, Exec: &req}); err != nil {
-		return Result{}, err
-	}
-	var started agentproto.Response
-	if err := c.ReadJSON(agentproto.FrameResponse, &started); err != nil {
-		return Result{}, err
-	}
 	stop := context.AfterFunc(ctx, func() {
 		c.WriteJSON(agentproto.FrameSignal, agentproto.Signal{Signal: int(syscall.SIGKILL)})
 		c.Close()
 	})
 	defer stop()
+	if err := c.WriteJSON(agentproto.FrameRequest, agentproto.Request{Op: agentproto.OpExec, Exec: &req}); err != nil {
+		if ctx.Err() != nil {
+			return Result{}, ctx.Err()
+		}
+		return Result{}, err
+	}
 	defer opts.TTY.forwardResizes(c)()
 	if opts.Stdin != nil {
 		go pumpStdin(c, opts.Stdin)
@@ -129,7 +131,7 @@ func exchange(ctx context.Context, c *agentproto.Conn, req agentproto.ExecReques
 	var res Result
 	out := sink{w: opts.Stdout, max: max, truncated: &res.Truncated}
 	errw := sink{w: opts.Stderr, max: max, truncated: &res.Truncated}
-	buf := make([]byte, agentproto.MaxFrame)
+	buf := make([]byte, 64<<10) // grown to the largest frame seen
 	for {
 		t, p, err := c.ReadFrame(buf)
 		if err != nil {
@@ -137,6 +139,9 @@ func exchange(ctx context.Context, c *agentproto.Conn, req agentproto.ExecReques
 				return res, ctx.Err()
 			}
 			return res, fmt.Errorf("reading output: %w", err)
+		}
+		if cap(p) > cap(buf) {
+			buf = p[:cap(p)]
 		}
 		switch t {
 		case agentproto.FrameStdout:

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -49,7 +48,7 @@ func (s *server) prepareExec(req *agentproto.ExecRequest) (execSpec, error) {
 	if len(req.Argv) == 0 || req.Argv[0] == "" {
 		return execSpec{}, errors.New("exec: empty command")
 	}
-	u, err := lookupUser(s.cfg.Root, req.User)
+	u, err := s.users.lookup(s.cfg.Root, req.User)
 	if err != nil {
 		return execSpec{}, fmt.Errorf("exec: %w", err)
 	}
@@ -138,9 +137,9 @@ func lookPath(name, path string) string {
 	return ""
 }
 
-// exec runs one process for a stream: it answers Response{PID}, streams the
-// process's output, applies the host's stdin, signals and resizes, and ends
-// with FrameExit.
+// exec runs one process for a stream: it answers Response{PID} if asked to,
+// streams the process's output, applies the host's stdin, signals and
+// resizes, and ends with FrameExit.
 func (s *server) exec(ctx context.Context, st net.Conn, c *agentproto.Conn, req *agentproto.ExecRequest) {
 	spec, err := s.prepareExec(req)
 	if err != nil {
@@ -148,7 +147,7 @@ func (s *server) exec(ctx context.Context, st net.Conn, c *agentproto.Conn, req 
 		return
 	}
 	if spec.path == "" {
-		notRunnable(c, 127, req.Argv[0]+": command not found")
+		notRunnable(c, req, 127, req.Argv[0]+": command not found")
 		return
 	}
 	eio, err := newExecIO(req)
@@ -165,14 +164,16 @@ func (s *server) exec(ctx context.Context, st net.Conn, c *agentproto.Conn, req 
 	if err != nil {
 		eio.closeAll()
 		if code, msg, ok := execFailure(req.Argv[0], err); ok {
-			notRunnable(c, code, msg)
+			notRunnable(c, req, code, msg)
 			return
 		}
 		replyError(c, fmt.Errorf("starting %s: %w", req.Argv[0], err))
 		return
 	}
 	s.log.Debug("exec started", "pid", pid, "argv", req.Argv)
-	c.WriteJSON(agentproto.FrameResponse, agentproto.Response{PID: pid})
+	if req.ReportPID {
+		c.WriteJSON(agentproto.FrameResponse, agentproto.Response{PID: pid})
+	}
 	status := s.runExec(st, c, req, pid, wait, eio)
 	s.log.Debug("exec ended", "pid", pid, "code", status.Code, "timed_out", status.TimedOut)
 	c.WriteJSON(agentproto.FrameExit, status)
@@ -181,12 +182,11 @@ func (s *server) exec(ctx context.Context, st net.Conn, c *agentproto.Conn, req 
 // runExec pumps a started process's I/O until it has exited and its output
 // is drained (or the grace period after exit has passed).
 func (s *server) runExec(st net.Conn, c *agentproto.Conn, req *agentproto.ExecRequest, pid int, wait <-chan unix.WaitStatus, eio *execIO) agentproto.ExitStatus {
-	var pumps sync.WaitGroup
+	drained := make(chan struct{}, len(eio.outs)) // a value per output at its end
 	for _, o := range eio.outs {
-		pumps.Add(1)
 		go func() {
-			defer pumps.Done()
 			pumpOutput(o.r, o.frame, c)
+			drained <- struct{}{}
 		}()
 	}
 	inputDone := make(chan struct{})
@@ -208,29 +208,42 @@ func (s *server) runExec(st net.Conn, c *agentproto.Conn, req *agentproto.ExecRe
 	}
 	ws := <-wait
 	exited.Store(true)
-	drained := make(chan struct{})
-	go func() { pumps.Wait(); close(drained) }()
-	select {
-	case <-drained:
-	case <-time.After(s.cfg.OutputGrace):
-		s.log.Debug("output still open after exit; dropping it", "pid", pid)
-		eio.closeOutputs()
-		<-drained
-	}
+	s.drain(drained, pid, eio)
 	eio.closeAll()
 	st.SetReadDeadline(time.Now()) // stop reading host frames
 	<-inputDone
 	return exitStatus(ws, timedOut.Load())
 }
 
+// drain waits for the output pumps to end, after the process exited: at
+// once unless a background child still holds an output open, in which case
+// they are stopped after the grace period.
+func (s *server) drain(drained <-chan struct{}, pid int, eio *execIO) {
+	left := len(eio.outs)
+	grace := time.NewTimer(s.cfg.OutputGrace)
+	defer grace.Stop()
+	for left > 0 {
+		select {
+		case <-drained:
+			left--
+		case <-grace.C:
+			s.log.Debug("output still open after exit; dropping it", "pid", pid)
+			eio.closeOutputs()
+		}
+	}
+}
+
 // hostInput applies the host's frames to the process until the stream's
 // read side ends.
 func (s *server) hostInput(c *agentproto.Conn, pid int, eio *execIO) {
-	buf := make([]byte, 64<<10)
+	var buf []byte // grown to the largest frame: most execs get none
 	for {
 		t, p, err := c.ReadFrame(buf)
 		if err != nil {
 			return
+		}
+		if cap(p) > cap(buf) {
+			buf = p[:cap(p)]
 		}
 		switch t {
 		case agentproto.FrameStdin:
@@ -253,16 +266,28 @@ func (s *server) hostInput(c *agentproto.Conn, pid int, eio *execIO) {
 	}
 }
 
+// Output read buffer sizes: small for the many commands that print little,
+// doubled on every full read up to big frames (fewer channel writes) for
+// those that print a lot. Allocating, and so zeroing, 256 KiB for each
+// stream of every exec costs milliseconds of guest CPU under emulation.
+const (
+	minOutputBuf = 4 << 10
+	maxOutputBuf = 256 << 10
+)
+
 // pumpOutput copies r to the stream as frames of type t, in bounded chunks;
 // a full yamux window blocks it and so, through the pipe, the process.
 func pumpOutput(r *os.File, t agentproto.FrameType, c *agentproto.Conn) {
-	buf := make([]byte, 256<<10) // big frames: fewer writes to the channel
+	buf := make([]byte, minOutputBuf)
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
 			if werr := c.WriteFrame(t, buf[:n]); werr != nil {
 				r.Close() // the host is gone: let the writer get EPIPE
 				return
+			}
+			if n == len(buf) && len(buf) < maxOutputBuf {
+				buf = make([]byte, 2*len(buf))
 			}
 		}
 		if err != nil {
@@ -283,8 +308,10 @@ func killGroup(pgid int, sig unix.Signal) error {
 
 // notRunnable reports a command that could not run as a shell would: exit
 // code 127 (not found) or 126 (not executable) and a message on stderr.
-func notRunnable(c *agentproto.Conn, code int, msg string) {
-	c.WriteJSON(agentproto.FrameResponse, agentproto.Response{})
+func notRunnable(c *agentproto.Conn, req *agentproto.ExecRequest, code int, msg string) {
+	if req.ReportPID {
+		c.WriteJSON(agentproto.FrameResponse, agentproto.Response{})
+	}
 	c.WriteFrame(agentproto.FrameStderr, []byte(msg+"\n"))
 	c.WriteJSON(agentproto.FrameExit, agentproto.ExitStatus{Code: code})
 }

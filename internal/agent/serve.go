@@ -46,6 +46,7 @@ type server struct {
 	cfg    Config
 	log    *slog.Logger
 	reaper *Reaper
+	users  userCache // exec's user lookups (usercache.go)
 }
 
 // Serve writes the hello line on conn, then serves a yamux server session
@@ -81,7 +82,7 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, cfg Config) error {
 	ycfg.KeepAliveInterval = 5 * time.Second
 	ycfg.ConnectionWriteTimeout = 15 * time.Second
 	ycfg.MaxStreamWindowSize = 4 << 20 // uploads at the channel's speed, as the host's window does for output
-	sess, err := yamux.Server(&syncStripper{rwc: conn}, ycfg)
+	sess, err := yamux.Server(agentproto.JoinWrites(&syncStripper{rwc: conn}, agentproto.UpdateHold), ycfg)
 	if err != nil {
 		return fmt.Errorf("starting yamux session: %w", err)
 	}

@@ -121,13 +121,14 @@ func (ta *testAgent) request(t testing.TB, req agentproto.Request) *agentproto.C
 	return c
 }
 
-// exec runs req, feeding stdin (when not nil) and calling during() after
-// the process started; it collects the whole result.
+// exec runs req, asking for the pid, feeding stdin (when not nil) and
+// calling during() after the process started; it collects the whole result.
 func (ta *testAgent) exec(t testing.TB, req agentproto.ExecRequest, stdin []byte, during func(c *agentproto.Conn, pid int)) execResult {
 	t.Helper()
 	if stdin != nil {
 		req.Stdin = true
 	}
+	req.ReportPID = true // its tests look at the process by pid
 	c := ta.request(t, agentproto.Request{Op: agentproto.OpExec, Exec: &req})
 	defer c.Close()
 	var res execResult
@@ -381,7 +382,7 @@ func TestExecConcurrent(t *testing.T) {
 func TestExecFloodIsFlowControlled(t *testing.T) {
 	ta := startAgent(t)
 	const total = 400 << 20
-	req := agentproto.ExecRequest{Argv: []string{"head", "-c", fmt.Sprint(total), "/dev/zero"}}
+	req := agentproto.ExecRequest{Argv: []string{"head", "-c", fmt.Sprint(total), "/dev/zero"}, ReportPID: true}
 	c := ta.request(t, agentproto.Request{Op: agentproto.OpExec, Exec: &req})
 	defer c.Close()
 	var resp agentproto.Response

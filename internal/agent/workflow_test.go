@@ -268,7 +268,7 @@ func TestExecHangsUpWhenHostGoes(t *testing.T) {
 	for _, tty := range []bool{false, true} {
 		ta := startAgent(t)
 		c := ta.request(t, agentproto.Request{Op: agentproto.OpExec, Exec: &agentproto.ExecRequest{
-			Argv: []string{"/bin/sh", "-c", "trap '' HUP; sleep 60"}, TTY: tty, Stdin: true}})
+			Argv: []string{"/bin/sh", "-c", "trap '' HUP; sleep 60"}, TTY: tty, Stdin: true, ReportPID: true}})
 		var resp agentproto.Response
 		if err := c.ReadJSON(agentproto.FrameResponse, &resp); err != nil {
 			t.Fatal(err)

@@ -44,9 +44,15 @@ type Conn struct {
 	hdr  [5]byte
 }
 
+// readBuffer is a Conn's read buffer size. It serves frame headers and
+// small frames; a large payload is read past it, straight into the
+// caller's buffer. Every stream has one, so it stays small: allocating
+// (zeroing) it is a cost per request.
+const readBuffer = 4 << 10
+
 // NewConn wraps a stream (a yamux stream or any byte stream).
 func NewConn(rwc io.ReadWriteCloser) *Conn {
-	return &Conn{r: bufio.NewReaderSize(rwc, 64<<10), w: rwc, c: rwc}
+	return &Conn{r: bufio.NewReaderSize(rwc, readBuffer), w: rwc, c: rwc}
 }
 
 // Close closes the underlying stream.

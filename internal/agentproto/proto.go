@@ -64,7 +64,7 @@ func ReadHello(r *bufio.Reader) (Hello, error) {
 // Ops a Request may name.
 const (
 	OpPing     = "ping"     // reply: Response{}
-	OpExec     = "exec"     // reply: Response{PID}, then data frames, then FrameExit
+	OpExec     = "exec"     // reply: data frames, then FrameExit (Response{PID} first if ExecRequest.ReportPID)
 	OpPowerOff = "poweroff" // reply: Response{}, then the guest syncs and powers off
 	OpSync     = "sync"     // reply: Response{} after sync(2)
 )
@@ -97,6 +97,11 @@ type ExecRequest struct {
 	// LoginShell runs the user's login shell (from /etc/passwd; /bin/sh
 	// when it has none) instead of Argv, which must then be empty.
 	LoginShell bool `json:"login_shell,omitempty"`
+	// ReportPID asks for Response{PID} as soon as the process runs, before
+	// any output. Without it the first reply is output or FrameExit (or
+	// FrameError when the process could not start): one frame less on
+	// the channel for callers that need no pid.
+	ReportPID bool `json:"report_pid,omitempty"`
 }
 
 // Response is the guest's first reply to a Request.

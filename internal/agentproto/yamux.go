@@ -1,7 +1,9 @@
 package agentproto
 
 import (
+	"encoding/binary"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -22,3 +24,151 @@ func YamuxConfig() *yamux.Config {
 	c.LogOutput = io.Discard
 	return c
 }
+
+// yamux frame header layout (see the yamux spec): version, type, flags,
+// stream id, length. A data frame's body (length bytes) follows in the
+// session's next Write; a window update (which also opens, acknowledges
+// and closes streams) has none.
+const (
+	yamuxHeaderSize       = 12
+	yamuxTypeData         = 0
+	yamuxTypeWindowUpdate = 1
+	// maxJoinedBody bounds the bodies joined to their header: above it
+	// the copy costs more (under emulation) than the extra write saves.
+	maxJoinedBody = 16 << 10
+	// readFlush is how much may arrive while window updates are held:
+	// a peer sending that much may be waiting for the window they grant.
+	readFlush = 64 << 10
+)
+
+// UpdateHold is how long JoinWrites holds a window update for a data frame
+// to go out with: long enough to cover a short command's run in the guest
+// (its acknowledgement then rides with its exit status), short enough that
+// nothing waiting on a stream's close notices.
+const UpdateHold = 20 * time.Millisecond
+
+// JoinWrites wraps a yamux session's connection to make fewer, larger
+// writes. On a virtio channel every write costs a device notification and
+// an interrupt in the peer, which under emulation is most of what a short
+// request costs. A data frame's header and small body go out in one write;
+// window updates (stream open, acknowledgement, close) wait for the next
+// data frame and go out with it, or after holdFor when none comes, or at
+// once when readFlush bytes have arrived meanwhile (the peer may be
+// waiting for the window they grant). So a request's acknowledgement rides
+// with its reply, and a stream's close with the next stream's first frame.
+//
+// Only the session's send loop may call Write (yamux writes from one
+// goroutine); Read may be called concurrently by its receive loop.
+func JoinWrites(rwc io.ReadWriteCloser, holdFor time.Duration) io.ReadWriteCloser {
+	j := &joinWriter{rwc: rwc, holdFor: holdFor}
+	j.timer = time.AfterFunc(time.Hour, j.flushHeld)
+	j.timer.Stop()
+	return j
+}
+
+type joinWriter struct {
+	rwc     io.ReadWriteCloser
+	holdFor time.Duration
+	timer   *time.Timer // flushes held window updates after holdFor
+
+	mu    sync.Mutex
+	held  []byte // frames not yet written, in order
+	want  int    // >0: held ends with a data header; its body, this long, is next
+	armed bool   // the timer runs
+	read  int    // bytes read since the held window updates were held
+	err   error  // a write error of a flush outside Write, for the next Write
+}
+
+func (j *joinWriter) Write(p []byte) (int, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.err != nil {
+		return 0, j.err
+	}
+	switch {
+	case j.want > 0 && len(p) == j.want: // the held header's body
+		j.held, j.want = append(j.held, p...), 0
+	case j.want > 0: // not the body announced (yamux never does this): keep the order
+		j.held, j.want = append(j.held, p...), 0
+	case isHeader(p, yamuxTypeData) && dataLen(p) > 0 && dataLen(p) <= maxJoinedBody:
+		j.held, j.want = append(j.held, p...), dataLen(p)
+		return len(p), nil
+	case isHeader(p, yamuxTypeWindowUpdate):
+		if len(j.held) == 0 {
+			j.read = 0
+		}
+		j.held = append(j.held, p...)
+		if !j.armed {
+			j.armed = true
+			j.timer.Reset(j.holdFor)
+		}
+		return len(p), nil
+	default: // a big body's header, a ping, a go-away: now, after what is held
+		if len(j.held) > 0 {
+			j.held = append(j.held, p...)
+			break
+		}
+		return j.rwc.Write(p)
+	}
+	if err := j.flush(); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// flush writes what is held (under mu).
+func (j *joinWriter) flush() error {
+	if j.armed {
+		j.armed = false
+		j.timer.Stop()
+	}
+	if len(j.held) == 0 {
+		return nil
+	}
+	_, err := j.rwc.Write(j.held)
+	j.held = j.held[:0]
+	if err != nil && j.err == nil {
+		j.err = err
+	}
+	return err
+}
+
+// flushHeld writes held window updates, unless a data header waits for
+// its body (the send loop's next Write, coming at once, flushes them).
+func (j *joinWriter) flushHeld() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.want == 0 {
+		j.flush()
+	}
+}
+
+func (j *joinWriter) Read(p []byte) (int, error) {
+	n, err := j.rwc.Read(p)
+	if n > 0 {
+		j.mu.Lock()
+		if j.armed {
+			if j.read += n; j.read >= readFlush && j.want == 0 {
+				j.flush()
+			}
+		}
+		j.mu.Unlock()
+	}
+	return n, err
+}
+
+// Close writes what is held, then closes the connection.
+func (j *joinWriter) Close() error {
+	j.mu.Lock()
+	if j.want == 0 {
+		j.flush()
+	}
+	j.mu.Unlock()
+	return j.rwc.Close()
+}
+
+func isHeader(p []byte, typ byte) bool {
+	return len(p) == yamuxHeaderSize && p[0] == 0 && p[1] == typ
+}
+
+func dataLen(p []byte) int { return int(binary.BigEndian.Uint32(p[8:12])) }

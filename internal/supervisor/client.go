@@ -113,13 +113,42 @@ func call(ctx context.Context, dir string, req request) (reply, net.Conn, *bufio
 
 // AgentConn returns a connection that the supervisor joins to a new stream
 // to the guest agent; the caller speaks agentproto on it and closes it.
+// It does not wait for the supervisor's answer: the caller's first frames
+// travel right behind the request, and the answer is read by the first
+// Read, which fails with the supervisor's error if it could not open the
+// stream. That saves a round trip through the supervisor per call.
 func AgentConn(ctx context.Context, dir string) (io.ReadWriteCloser, error) {
-	_, c, br, err := call(ctx, dir, request{Op: opAgent})
+	c, br, err := dial(ctx, dir, request{Op: opAgent})
 	if err != nil {
 		return nil, err
 	}
 	c.SetDeadline(time.Time{})
-	return &readAheadConn{r: br, Conn: c}, nil
+	return &agentConn{readAheadConn: readAheadConn{r: br, Conn: c}}, nil
+}
+
+// agentConn reads the supervisor's reply before the agent's bytes. Reads
+// must come from one goroutine.
+type agentConn struct {
+	readAheadConn
+	replied bool
+	err     error // the reply's error, returned by every Read
+}
+
+func (c *agentConn) Read(p []byte) (int, error) {
+	if !c.replied {
+		c.replied = true
+		var rep reply
+		switch err := readLine(c.r, &rep); {
+		case err != nil:
+			c.err = fmt.Errorf("%w: %v", ErrNotRunning, err)
+		case !rep.OK:
+			c.err = fmt.Errorf("supervisor: %s", rep.Error)
+		}
+	}
+	if c.err != nil {
+		return 0, c.err
+	}
+	return c.r.Read(p)
 }
 
 // Stop asks the supervisor to stop the VM and waits until its VMM has

@@ -196,7 +196,7 @@ func (s *supervisor) connectAgent(ctx context.Context) (agentproto.Hello, error)
 		conn.Close()
 		return r.hello, r.err
 	}
-	s.session, err = yamux.Client(bufferedConn{br, conn}, agentproto.YamuxConfig())
+	s.session, err = yamux.Client(agentproto.JoinWrites(bufferedConn{br, conn}, agentproto.UpdateHold), agentproto.YamuxConfig())
 	return r.hello, err
 }
 

@@ -1,0 +1,140 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smolvm/smolvm/internal/agentproto"
+)
+
+// An exec replies Response{PID} only when asked to; without it the first
+// frame is output, the exit status, or an error.
+func TestExecReportPID(t *testing.T) {
+	ta := startAgent(t)
+	tests := []struct {
+		name   string
+		req    agentproto.ExecRequest
+		frames string // frame types in order; R carries a pid when the process ran
+	}{
+		{"no output", agentproto.ExecRequest{Argv: []string{"true"}}, "x"},
+		{"no output, pid asked", agentproto.ExecRequest{Argv: []string{"true"}, ReportPID: true}, "Rx"},
+		{"output", agentproto.ExecRequest{Argv: []string{"echo", "hi"}}, "1x"},
+		{"output, pid asked", agentproto.ExecRequest{Argv: []string{"echo", "hi"}, ReportPID: true}, "R1x"},
+		{"not found", agentproto.ExecRequest{Argv: []string{"no-such-command"}}, "2x"},
+		{"not found, pid asked", agentproto.ExecRequest{Argv: []string{"no-such-command"}, ReportPID: true}, "A2x"},
+		{"bad request", agentproto.ExecRequest{Argv: []string{"true"}, Dir: "relative"}, "e"},
+		{"bad request, pid asked", agentproto.ExecRequest{Argv: []string{"true"}, Dir: "relative", ReportPID: true}, "e"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := ta.request(t, agentproto.Request{Op: agentproto.OpExec, Exec: &tt.req})
+			defer c.Close()
+			var got strings.Builder
+			for {
+				ft, p, err := c.ReadFrame(nil)
+				if err != nil {
+					t.Fatalf("after frames %q: %v", got.String(), err)
+				}
+				switch ft {
+				case agentproto.FrameResponse:
+					var r agentproto.Response
+					if err := json.Unmarshal(p, &r); err != nil {
+						t.Fatal(err)
+					}
+					if r.PID > 0 {
+						got.WriteString("R")
+					} else {
+						got.WriteString("A")
+					}
+				case agentproto.FrameStdout, agentproto.FrameStderr:
+					fmt.Fprint(&got, int(ft))
+				default:
+					got.WriteByte(byte(ft))
+				}
+				if ft == agentproto.FrameExit || ft == agentproto.FrameError {
+					break
+				}
+			}
+			if got.String() != tt.frames {
+				t.Errorf("frames %q, want %q", got.String(), tt.frames)
+			}
+		})
+	}
+}
+
+// userCache answers as lookupUser does, and notices a changed passwd file,
+// whether rewritten in place or replaced.
+func TestUserCache(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	passwd := filepath.Join(root, "etc/passwd")
+	old := time.Now().Add(-time.Hour) // older than the racy window, so cached; the same for every write
+	write := func(home string, replace bool) {
+		t.Helper()
+		data := []byte("root:x:0:0:root:/root:/bin/sh\nalice:x:1500:1500::" + home + ":/bin/sh\n")
+		path := passwd
+		if replace {
+			path += ".new"
+		}
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		os.Chtimes(path, old, old)
+		if replace {
+			os.Rename(path, passwd)
+		}
+		os.WriteFile(filepath.Join(root, "etc/group"), []byte("ops:x:2000:alice\n"), 0o644)
+		os.Chtimes(filepath.Join(root, "etc/group"), old, old)
+	}
+	var uc userCache
+	tests := []struct {
+		name     string
+		home     string
+		change   func(home string) // how the file gets home, before the lookup
+		wantHome string
+	}{
+		{"first lookup", "/home/a1", func(h string) { write(h, false) }, "/home/a1"},
+		{"cached", "/home/a1", func(string) {}, "/home/a1"},
+		{"rewritten in place, another size", "/home/a22", func(h string) { write(h, false) }, "/home/a22"},
+		{"replaced by rename, same size and mtime", "/home/a33", func(h string) { write(h, true) }, "/home/a33"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.change(tt.home)
+			u, err := uc.lookup(root, "alice")
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := lookupUser(root, "alice")
+			if u.Home != tt.wantHome || fmt.Sprint(u) != fmt.Sprint(want) {
+				t.Errorf("cache gave %+v, lookupUser %+v, want home %s", u, want, tt.wantHome)
+			}
+			if len(uc.users) != 1 {
+				t.Errorf("cache holds %d users, want 1", len(uc.users))
+			}
+		})
+	}
+	if _, err := uc.lookup(root, "mallory"); err == nil {
+		t.Error("unknown user: no error")
+	}
+}
+
+// A file changed just now is read again on every lookup, since a same-size
+// rewrite within the inode time's granularity would keep its stamp.
+func TestUserCacheRecentFileNotCached(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("bob:x:1600:1600::/home/b:/bin/sh\n"), 0o644)
+	var uc userCache
+	if _, err := uc.lookup(root, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if len(uc.users) != 0 {
+		t.Errorf("a file modified just now was cached: %v", uc.users)
+	}
+}
