@@ -54,7 +54,7 @@ const UpdateHold = 20 * time.Millisecond
 // window updates (stream open, acknowledgement, close) wait for the next
 // data frame and go out with it, or after holdFor when none comes, or at
 // once when readFlush bytes have arrived meanwhile (the peer may be
-// waiting for the window they grant). So a request's acknowledgement rides
+// waiting for the window they grant); Close drops them. So a request's acknowledgement rides
 // with its reply, and a stream's close with the next stream's first frame.
 //
 // Only the session's send loop may call Write (yamux writes from one
@@ -157,14 +157,19 @@ func (j *joinWriter) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Close writes what is held, then closes the connection.
+// Close closes the connection and drops what is held: the session is
+// ending, and a write to a peer that is gone could block forever. The
+// connection closes first, which ends a write in progress.
 func (j *joinWriter) Close() error {
+	err := j.rwc.Close()
 	j.mu.Lock()
-	if j.want == 0 {
-		j.flush()
+	defer j.mu.Unlock()
+	j.timer.Stop()
+	j.armed, j.held, j.want = false, nil, 0
+	if j.err == nil {
+		j.err = io.ErrClosedPipe
 	}
-	j.mu.Unlock()
-	return j.rwc.Close()
+	return err
 }
 
 func isHeader(p []byte, typ byte) bool {
