@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -98,6 +99,74 @@ func TestWriteResolvConf(t *testing.T) {
 			}
 			if b, err := os.ReadFile(filepath.Join(etc, "target")); err == nil && string(b) != "keep\n" {
 				t.Fatalf("symlink target written through: %q", b)
+			}
+		})
+	}
+}
+
+func TestResolvConfSet(t *testing.T) {
+	dns := netip.MustParseAddr("172.16.0.1")
+	const want = "nameserver 172.16.0.1\n"
+	tests := []struct {
+		name     string
+		prepare  func(t *testing.T, etc, run string)
+		bindErr  error
+		wantBind bool // run bound over etc; else etc itself holds want
+	}{
+		{"regular file is bound over, not written", func(t *testing.T, etc, run string) {
+			mustWrite(t, etc, "nameserver 9.9.9.9\n")
+		}, nil, true},
+		{"missing file is written", func(t *testing.T, etc, run string) {}, nil, false},
+		{"symlink is replaced by a file", func(t *testing.T, etc, run string) {
+			if err := os.Symlink("elsewhere", etc); err != nil {
+				t.Fatal(err)
+			}
+		}, nil, false},
+		{"failed bind falls back to writing", func(t *testing.T, etc, run string) {
+			mustWrite(t, etc, "nameserver 9.9.9.9\n")
+		}, errors.New("EPERM"), false},
+		{"bound already: rewritten in place", func(t *testing.T, etc, run string) {
+			mustWrite(t, run, "nameserver 10.0.0.1\n")
+			if err := os.Link(run, etc); err != nil { // the same file, as a bind shows it
+				t.Fatal(err)
+			}
+		}, nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			r := resolvConf{etc: filepath.Join(dir, "etc", "resolv.conf"), run: filepath.Join(dir, "run", "smolvm", "resolv.conf")}
+			for _, d := range []string{filepath.Dir(r.etc), filepath.Dir(r.run)} {
+				if err := os.MkdirAll(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tt.prepare(t, r.etc, r.run)
+			var bound [][2]string
+			r.bind = func(src, dst string) error {
+				bound = append(bound, [2]string{src, dst})
+				return tt.bindErr
+			}
+			if err := r.set(dns); err != nil {
+				t.Fatal(err)
+			}
+			if b, _ := os.ReadFile(r.run); string(b) != want {
+				t.Errorf("run file = %q, want %q", b, want)
+			}
+			if tt.wantBind {
+				if len(bound) != 1 || bound[0] != [2]string{r.run, r.etc} {
+					t.Errorf("binds = %q, want one of run over etc", bound)
+				}
+				if b, _ := os.ReadFile(r.etc); string(b) != "nameserver 9.9.9.9\n" {
+					t.Errorf("the image's file was written: %q", b)
+				}
+				return
+			}
+			if tt.bindErr == nil && len(bound) != 0 {
+				t.Errorf("binds = %q, want none", bound)
+			}
+			if b, _ := os.ReadFile(r.etc); string(b) != want {
+				t.Errorf("etc file = %q, want %q", b, want)
 			}
 		})
 	}

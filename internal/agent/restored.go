@@ -32,7 +32,7 @@ type identity struct {
 func hostIdentity() identity {
 	return identity{setClock: setClock, addEntropy: addEntropy, setHostname: setHostname,
 		renumber:    renumber,
-		setResolver: func(dns netip.Addr) error { return writeResolvConf("/etc/resolv.conf", dns) }}
+		setResolver: guestResolvConf().set}
 }
 
 // restored serves OpRestored: it reads the Restored frame, applies it and
