@@ -268,10 +268,12 @@ func (s *server) hostInput(c *agentproto.Conn, pid int, eio *execIO) {
 
 // Output read buffer sizes: small for the many commands that print little,
 // doubled on every full read up to big frames (fewer channel writes) for
-// those that print a lot. Allocating, and so zeroing, 256 KiB for each
-// stream of every exec costs milliseconds of guest CPU under emulation.
+// those that print a lot, whose pipe then grows too. Allocating (zeroing)
+// 256 KiB and a system call to grow the pipe for each stream of every exec
+// cost milliseconds of guest CPU under emulation.
 const (
 	minOutputBuf = 4 << 10
+	growPipeAt   = 64 << 10 // the buffer size from which the pipe is grown
 	maxOutputBuf = 256 << 10
 )
 
@@ -288,6 +290,9 @@ func pumpOutput(r *os.File, t agentproto.FrameType, c *agentproto.Conn) {
 			}
 			if n == len(buf) && len(buf) < maxOutputBuf {
 				buf = make([]byte, 2*len(buf))
+				if len(buf) == growPipeAt {
+					growPipe(r)
+				}
 			}
 		}
 		if err != nil {

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/smolvm/smolvm/internal/agentproto"
 )
 
@@ -136,5 +138,63 @@ func TestUserCacheRecentFileNotCached(t *testing.T) {
 	}
 	if len(uc.users) != 0 {
 		t.Errorf("a file modified just now was cached: %v", uc.users)
+	}
+}
+
+// pipe gives the parent a non-blocking end (for Go's poller, so Close
+// interrupts a Read) and the child a blocking one; neither leaks into
+// other children.
+func TestPipeEnds(t *testing.T) {
+	for _, parentReads := range []bool{true, false} {
+		t.Run(fmt.Sprint("parentReads=", parentReads), func(t *testing.T) {
+			parent, child, err := pipe(parentReads)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer parent.Close()
+			defer unix.Close(child)
+			rc, _ := parent.SyscallConn()
+			var pfl, pfd int
+			rc.Control(func(fd uintptr) {
+				pfl, _ = unix.FcntlInt(fd, unix.F_GETFL, 0)
+				pfd, _ = unix.FcntlInt(fd, unix.F_GETFD, 0)
+			})
+			cfl, _ := unix.FcntlInt(uintptr(child), unix.F_GETFL, 0)
+			cfd, _ := unix.FcntlInt(uintptr(child), unix.F_GETFD, 0)
+			if pfl&unix.O_NONBLOCK == 0 || cfl&unix.O_NONBLOCK != 0 {
+				t.Errorf("O_NONBLOCK: parent %v, child %v; want true, false", pfl&unix.O_NONBLOCK != 0, cfl&unix.O_NONBLOCK != 0)
+			}
+			if pfd&unix.FD_CLOEXEC == 0 || cfd&unix.FD_CLOEXEC == 0 {
+				t.Errorf("FD_CLOEXEC: parent %v, child %v; want both", pfd&unix.FD_CLOEXEC != 0, cfd&unix.FD_CLOEXEC != 0)
+			}
+			wantAcc := unix.O_RDONLY
+			if !parentReads {
+				wantAcc = unix.O_WRONLY
+			}
+			if pfl&unix.O_ACCMODE != wantAcc {
+				t.Errorf("parent end access mode %#x, want %#x", pfl&unix.O_ACCMODE, wantAcc)
+			}
+			// Closing the parent's end interrupts a pending read there.
+			if parentReads {
+				done := make(chan error, 1)
+				go func() { _, err := parent.Read(make([]byte, 1)); done <- err }()
+				time.Sleep(10 * time.Millisecond)
+				parent.Close()
+				if err := <-done; err == nil {
+					t.Error("Read on the closed parent end succeeded")
+				}
+			}
+		})
+	}
+}
+
+// Output much bigger than a pipe's default 64 KiB arrives whole, through
+// growing read buffers and a grown pipe.
+func TestExecOutputGrows(t *testing.T) {
+	ta := startAgent(t)
+	const size = 3 << 20
+	res := ta.exec(t, agentproto.ExecRequest{Argv: []string{"head", "-c", fmt.Sprint(size), "/dev/zero"}}, nil, nil)
+	if res.Err != nil || res.Exit.Code != 0 || len(res.Stdout) != size {
+		t.Fatalf("got %d bytes, exit %+v, err %v; want %d", len(res.Stdout), res.Exit, res.Err, size)
 	}
 }

@@ -67,24 +67,33 @@ func newExecIO(req *agentproto.ExecRequest) (*execIO, error) {
 
 // pipe makes a pipe between parent and child: the parent's end (the read
 // end when parentReads) non-blocking in Go's poller, the child's a plain,
-// blocking fd. The read end gets a 1 MiB buffer (best effort) for bigger
-// reads and so bigger frames.
+// blocking fd.
 func pipe(parentReads bool) (parent *os.File, child int, err error) {
 	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		return nil, -1, fmt.Errorf("making a pipe: %w", err)
 	}
 	mine, theirs := p[1], p[0]
 	if parentReads {
 		mine, theirs = p[0], p[1]
-		unix.FcntlInt(uintptr(mine), unix.F_SETPIPE_SZ, 1<<20)
 	}
-	if err := unix.SetNonblock(mine, true); err != nil {
+	// Each end has its own file status flags: only the child's blocks.
+	if _, err := unix.FcntlInt(uintptr(theirs), unix.F_SETFL, 0); err != nil {
 		unix.Close(mine)
 		unix.Close(theirs)
 		return nil, -1, fmt.Errorf("making a pipe: %w", err)
 	}
 	return os.NewFile(uintptr(mine), "|pipe"), theirs, nil
+}
+
+// growPipe makes a pipe's buffer 1 MiB (best effort; a terminal is no
+// pipe), for bigger reads and so bigger frames. It goes through
+// SyscallConn, not Fd, which would make the file blocking and stop Close
+// from interrupting a Read.
+func growPipe(f *os.File) {
+	if rc, err := f.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) })
+	}
 }
 
 // newPTYIO gives the process a new terminal as stdin, stdout and stderr;
