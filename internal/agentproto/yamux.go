@@ -33,6 +33,7 @@ const (
 	yamuxHeaderSize       = 12
 	yamuxTypeData         = 0
 	yamuxTypeWindowUpdate = 1
+	yamuxFlagsEnd         = 0x4 | 0x8 // FIN, RST: a stream's end
 	// maxJoinedBody bounds the bodies joined to their header: above it
 	// the copy costs more (under emulation) than the extra write saves.
 	maxJoinedBody = 16 << 10
@@ -42,20 +43,22 @@ const (
 )
 
 // UpdateHold is how long JoinWrites holds a window update for a data frame
-// to go out with: long enough to cover a short command's run in the guest
-// (its acknowledgement then rides with its exit status), short enough that
-// nothing waiting on a stream's close notices.
+// to go out with: long enough to cover a short command's run in the guest,
+// whose acknowledgement then rides with its exit status. Nothing waits for
+// a held update but a peer with more than the initial window to send,
+// which readFlush covers.
 const UpdateHold = 20 * time.Millisecond
 
 // JoinWrites wraps a yamux session's connection to make fewer, larger
 // writes. On a virtio channel every write costs a device notification and
 // an interrupt in the peer, which under emulation is most of what a short
 // request costs. A data frame's header and small body go out in one write;
-// window updates (stream open, acknowledgement, close) wait for the next
+// window updates that open, acknowledge or widen a stream wait for the next
 // data frame and go out with it, or after holdFor when none comes, or at
 // once when readFlush bytes have arrived meanwhile (the peer may be
-// waiting for the window they grant); Close drops them. So a request's acknowledgement rides
-// with its reply, and a stream's close with the next stream's first frame.
+// waiting for the window they grant); Close drops them. So a stream's
+// opening rides with its request and its acknowledgement with the reply.
+// A stream's end (FIN, RST) is never held: a peer may be waiting for it.
 //
 // Only the session's send loop may call Write (yamux writes from one
 // goroutine); Read may be called concurrently by its receive loop.
@@ -93,7 +96,7 @@ func (j *joinWriter) Write(p []byte) (int, error) {
 	case isHeader(p, yamuxTypeData) && dataLen(p) > 0 && dataLen(p) <= maxJoinedBody:
 		j.held, j.want = append(j.held, p...), dataLen(p)
 		return len(p), nil
-	case isHeader(p, yamuxTypeWindowUpdate):
+	case isHeader(p, yamuxTypeWindowUpdate) && binary.BigEndian.Uint16(p[2:4])&yamuxFlagsEnd == 0:
 		if len(j.held) == 0 {
 			j.read = 0
 		}

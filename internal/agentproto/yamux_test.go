@@ -49,11 +49,18 @@ func header(typ byte, length uint32) []byte {
 	return h
 }
 
+func withFlags(h []byte, flags uint16) []byte {
+	binary.BigEndian.PutUint16(h[2:], flags)
+	return h
+}
+
 func TestJoinWrites(t *testing.T) {
 	small := bytes.Repeat([]byte("s"), 100)
 	big := bytes.Repeat([]byte("b"), maxJoinedBody+1)
 	update := header(yamuxTypeWindowUpdate, 1<<20)
 	ping := header(2, 1)
+	fin := withFlags(header(yamuxTypeWindowUpdate, 0), 0x4)
+	rst := withFlags(header(yamuxTypeWindowUpdate, 0), 0x8)
 	cat := func(ps ...[]byte) []byte { return bytes.Join(ps, nil) }
 	tests := []struct {
 		name   string
@@ -75,6 +82,12 @@ func TestJoinWrites(t *testing.T) {
 		{"a ping is not held and takes held updates along",
 			[][]byte{update, ping},
 			[][]byte{cat(update, ping)}},
+		{"a stream's end is not held and takes held updates along",
+			[][]byte{update, fin},
+			[][]byte{cat(update, fin)}},
+		{"a reset alone goes at once",
+			[][]byte{rst},
+			[][]byte{rst}},
 		{"a ping alone goes at once",
 			[][]byte{ping},
 			[][]byte{ping}},
@@ -204,7 +217,7 @@ func TestJoinWritesYamuxSession(t *testing.T) {
 		if err := c.ReadJSON(FrameResponse, &resp); err != nil || resp.PID != want {
 			t.Fatalf("request %d (%s): %+v, %v; want %d", i, op, resp, err, want)
 		}
-		// The guest's close arrives, held or not.
+		// The server's close arrives.
 		if _, _, err := c.ReadFrame(nil); err != io.EOF {
 			t.Errorf("request %d: after the reply got %v, want EOF", i, err)
 		}
