@@ -43,11 +43,12 @@ const (
 )
 
 // UpdateHold is how long JoinWrites holds a window update for a data frame
-// to go out with: long enough to cover a short command's run in the guest,
-// whose acknowledgement then rides with its exit status. Nothing waits for
+// to go out with: long enough to cover a short command's run in the guest
+// (10-20 ms under emulation on a busy host), whose acknowledgement then
+// rides with its exit status. Nothing waits for
 // a held update but a peer with more than the initial window to send,
 // which readFlush covers.
-const UpdateHold = 20 * time.Millisecond
+const UpdateHold = 50 * time.Millisecond
 
 // JoinWrites wraps a yamux session's connection to make fewer, larger
 // writes. On a virtio channel every write costs a device notification and
