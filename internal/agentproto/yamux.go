@@ -33,33 +33,37 @@ const (
 	yamuxHeaderSize       = 12
 	yamuxTypeData         = 0
 	yamuxTypeWindowUpdate = 1
-	yamuxFlagsEnd         = 0x4 | 0x8 // FIN, RST: a stream's end
+	yamuxFlagsOpen        = 0x1 | 0x2 // SYN, ACK: a stream's opening
 	// maxJoinedBody bounds the bodies joined to their header: above it
 	// the copy costs more (under emulation) than the extra write saves.
 	maxJoinedBody = 16 << 10
-	// readFlush is how much may arrive while window updates are held:
-	// a peer sending that much may be waiting for the window they grant.
+	// readFlush is how much may arrive since this side last wrote before
+	// it stops holding: a peer sending that much may be waiting for the
+	// window an acknowledgement grants. It counts input from before the
+	// hold too, since a peer may send its whole initial window before the
+	// stream is even accepted.
 	readFlush = 64 << 10
 )
 
-// UpdateHold is how long JoinWrites holds a window update for a data frame
+// UpdateHold is how long JoinWrites holds a stream's opening for a data frame
 // to go out with: long enough to cover a short command's run in the guest
 // (10-20 ms under emulation on a busy host), whose acknowledgement then
 // rides with its exit status. Nothing waits for
-// a held update but a peer with more than the initial window to send,
-// which readFlush covers.
+// a held acknowledgement but a peer with more than the initial window to
+// send, which readFlush covers.
 const UpdateHold = 50 * time.Millisecond
 
 // JoinWrites wraps a yamux session's connection to make fewer, larger
 // writes. On a virtio channel every write costs a device notification and
 // an interrupt in the peer, which under emulation is most of what a short
 // request costs. A data frame's header and small body go out in one write;
-// window updates that open, acknowledge or widen a stream wait for the next
-// data frame and go out with it, or after holdFor when none comes, or at
-// once when readFlush bytes have arrived meanwhile (the peer may be
-// waiting for the window they grant); Close drops them. So a stream's
-// opening rides with its request and its acknowledgement with the reply.
-// A stream's end (FIN, RST) is never held: a peer may be waiting for it.
+// window updates that open or acknowledge a stream (SYN, ACK) wait for the
+// next data frame and go out with it, or after holdFor when none comes, or
+// at once once readFlush bytes have arrived since the last write (the
+// acknowledgement widens the window, and the peer may be waiting for it);
+// Close drops them. So a stream's opening rides with its request and its
+// acknowledgement with the reply. Other window updates (more window, a
+// stream's end) go at once: a peer may be waiting for them.
 //
 // Only the session's send loop may call Write (yamux writes from one
 // goroutine); Read may be called concurrently by its receive loop.
@@ -79,7 +83,7 @@ type joinWriter struct {
 	held  []byte // frames not yet written, in order
 	want  int    // >0: held ends with a data header; its body, this long, is next
 	armed bool   // the timer runs
-	read  int    // bytes read since the held window updates were held
+	input int    // bytes read since the last write
 	err   error  // a write error of a flush outside Write, for the next Write
 }
 
@@ -97,10 +101,7 @@ func (j *joinWriter) Write(p []byte) (int, error) {
 	case isHeader(p, yamuxTypeData) && dataLen(p) > 0 && dataLen(p) <= maxJoinedBody:
 		j.held, j.want = append(j.held, p...), dataLen(p)
 		return len(p), nil
-	case isHeader(p, yamuxTypeWindowUpdate) && binary.BigEndian.Uint16(p[2:4])&yamuxFlagsEnd == 0:
-		if len(j.held) == 0 {
-			j.read = 0
-		}
+	case opensStream(p) && j.input < readFlush:
 		j.held = append(j.held, p...)
 		if !j.armed {
 			j.armed = true
@@ -112,6 +113,7 @@ func (j *joinWriter) Write(p []byte) (int, error) {
 			j.held = append(j.held, p...)
 			break
 		}
+		j.input = 0
 		return j.rwc.Write(p)
 	}
 	if err := j.flush(); err != nil {
@@ -130,7 +132,7 @@ func (j *joinWriter) flush() error {
 		return nil
 	}
 	_, err := j.rwc.Write(j.held)
-	j.held = j.held[:0]
+	j.held, j.input = j.held[:0], 0
 	if err != nil && j.err == nil {
 		j.err = err
 	}
@@ -151,10 +153,8 @@ func (j *joinWriter) Read(p []byte) (int, error) {
 	n, err := j.rwc.Read(p)
 	if n > 0 {
 		j.mu.Lock()
-		if j.armed {
-			if j.read += n; j.read >= readFlush && j.want == 0 {
-				j.flush()
-			}
+		if j.input += n; j.armed && j.input >= readFlush && j.want == 0 {
+			j.flush()
 		}
 		j.mu.Unlock()
 	}
@@ -174,6 +174,16 @@ func (j *joinWriter) Close() error {
 		j.err = io.ErrClosedPipe
 	}
 	return err
+}
+
+// opensStream reports whether p is a window update that opens or
+// acknowledges a stream (and ends none).
+func opensStream(p []byte) bool {
+	if !isHeader(p, yamuxTypeWindowUpdate) {
+		return false
+	}
+	f := binary.BigEndian.Uint16(p[2:4])
+	return f != 0 && f&^yamuxFlagsOpen == 0
 }
 
 func isHeader(p []byte, typ byte) bool {

@@ -57,7 +57,9 @@ func withFlags(h []byte, flags uint16) []byte {
 func TestJoinWrites(t *testing.T) {
 	small := bytes.Repeat([]byte("s"), 100)
 	big := bytes.Repeat([]byte("b"), maxJoinedBody+1)
-	update := header(yamuxTypeWindowUpdate, 1<<20)
+	update := withFlags(header(yamuxTypeWindowUpdate, 1<<20), 0x2) // an acknowledgement
+	syn := withFlags(header(yamuxTypeWindowUpdate, 0), 0x1)
+	more := header(yamuxTypeWindowUpdate, 1<<20) // just more window
 	ping := header(2, 1)
 	fin := withFlags(header(yamuxTypeWindowUpdate, 0), 0x4)
 	rst := withFlags(header(yamuxTypeWindowUpdate, 0), 0x8)
@@ -73,12 +75,18 @@ func TestJoinWrites(t *testing.T) {
 		{"big data frame: header and body apart",
 			[][]byte{header(yamuxTypeData, uint32(len(big))), big},
 			[][]byte{header(yamuxTypeData, uint32(len(big))), big}},
-		{"window update waits for the next data frame",
+		{"acknowledgement waits for the next data frame",
 			[][]byte{update, header(yamuxTypeData, 100), small},
 			[][]byte{cat(update, header(yamuxTypeData, 100), small)}},
-		{"several updates and a big frame: the updates go first, in one write",
-			[][]byte{update, update, header(yamuxTypeData, uint32(len(big))), big},
-			[][]byte{cat(update, update, header(yamuxTypeData, uint32(len(big)))), big}},
+		{"opening waits for the request",
+			[][]byte{syn, header(yamuxTypeData, 100), small},
+			[][]byte{cat(syn, header(yamuxTypeData, 100), small)}},
+		{"more window is not held and takes held updates along",
+			[][]byte{update, more},
+			[][]byte{cat(update, more)}},
+		{"several openings and a big frame: the openings go first, in one write",
+			[][]byte{update, syn, header(yamuxTypeData, uint32(len(big))), big},
+			[][]byte{cat(update, syn, header(yamuxTypeData, uint32(len(big)))), big}},
 		{"a ping is not held and takes held updates along",
 			[][]byte{update, ping},
 			[][]byte{cat(update, ping)}},
@@ -118,7 +126,7 @@ func TestJoinWrites(t *testing.T) {
 // the hold, or once enough has arrived that the peer may be
 // waiting for it.
 func TestJoinWritesFlushesHeldUpdates(t *testing.T) {
-	update := header(yamuxTypeWindowUpdate, 1<<20)
+	update := withFlags(header(yamuxTypeWindowUpdate, 1<<20), 0x2)
 	tests := []struct {
 		name  string
 		hold  time.Duration
@@ -150,22 +158,24 @@ func TestJoinWritesFlushesHeldUpdates(t *testing.T) {
 	}
 }
 
-// A real session pair over a pipe, both ends joining writes: requests and
-// replies, an upload far beyond the initial window (which the held
-// acknowledgement must not stall) and stream closes all go through.
+// A real session pair over a pipe, both ends joining writes and holding
+// for ever (so only data frames, input and the frames never held release
+// what is held): requests and replies, an upload three times the stream
+// window (which neither the held acknowledgement nor a held window update
+// may stall) and stream closes all go through.
 func TestJoinWritesYamuxSession(t *testing.T) {
 	a, b := net.Pipe()
-	client, err := yamux.Client(JoinWrites(a, UpdateHold), YamuxConfig())
+	client, err := yamux.Client(JoinWrites(a, time.Hour), YamuxConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	server, err := yamux.Server(JoinWrites(b, UpdateHold), YamuxConfig())
+	server, err := yamux.Server(JoinWrites(b, time.Hour), YamuxConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer server.Close()
-	const upload = 3 << 20
+	upload := 3 * int(YamuxConfig().MaxStreamWindowSize)
 	go func() {
 		for {
 			st, err := server.AcceptStream()
@@ -231,7 +241,7 @@ func TestJoinWritesClose(t *testing.T) {
 	a, b := net.Pipe() // nobody reads b: a write to a would block
 	defer b.Close()
 	j := JoinWrites(a, time.Hour)
-	j.Write(header(yamuxTypeWindowUpdate, 1))
+	j.Write(withFlags(header(yamuxTypeWindowUpdate, 1), 0x2))
 	if err := j.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -240,5 +250,24 @@ func TestJoinWritesClose(t *testing.T) {
 	}
 	if _, err := a.Write([]byte{0}); err == nil {
 		t.Error("the connection is still open")
+	}
+}
+
+// A peer that sent a whole window before the stream was even acknowledged
+// may be waiting for the acknowledgement: it is not held then.
+func TestJoinWritesNoHoldAfterInput(t *testing.T) {
+	ack := withFlags(header(yamuxTypeWindowUpdate, 1<<20), 0x2)
+	rec := newRecorder()
+	rec.r = bytes.NewReader(make([]byte, readFlush))
+	j := JoinWrites(rec, time.Hour)
+	io.Copy(io.Discard, j)
+	j.Write(ack)
+	if got := rec.got(); len(got) != 1 || !bytes.Equal(got[0], ack) {
+		t.Fatalf("writes %q, want the acknowledgement at once", got)
+	}
+	// Having written, the next one is held again.
+	j.Write(ack)
+	if got := rec.got(); len(got) != 1 {
+		t.Fatalf("%d writes, want the second acknowledgement held", len(got))
 	}
 }
