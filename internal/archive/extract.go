@@ -115,7 +115,7 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		err = x.mkdir(pfd, base, hdr)
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg: // the reader reports old-style TypeRegA entries as TypeReg
 		var n int64
 		n, err = x.writeFile(pfd, base, hdr, r)
 		x.st.Bytes += n

@@ -177,7 +177,7 @@ func (l *layerState) create(pfd int, base, rel string, hdr *tar.Header, r io.Rea
 		return fmt.Errorf("replacing: %w", err)
 	}
 	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg: // the reader reports old-style TypeRegA entries as TypeReg
 		if err := writeFile(pfd, base, r); err != nil {
 			return err
 		}
