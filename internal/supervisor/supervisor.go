@@ -315,6 +315,11 @@ func (s *supervisor) escalate(force bool) {
 		if err == nil {
 			return
 		}
+	} else {
+		// The guest is being thrown away: its network goes while the VMM
+		// exits (removing the tap waits ~20 ms for the kernel's RCU), not
+		// after. finish waits for it either way.
+		go s.teardownNet()
 	}
 	s.inst.Kill()
 }
