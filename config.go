@@ -43,7 +43,7 @@ type Config struct {
 	VCPUs         int               `json:"vcpus,omitempty"`
 	MemoryMiB     int               `json:"memory_mib,omitempty"`
 	DiskSizeMiB   int               `json:"disk_size_mib,omitempty"` // grow the isolated root disk to this size
-	BootArgs      string            `json:"boot_args,omitempty"`     // extra kernel command line
+	BootArgs      string            `json:"boot_args,omitempty"`     // extra kernel command line, after DefaultBootArgs
 	DiskMode      DiskMode          `json:"disk_mode,omitempty"`
 	RetainDisk    bool              `json:"retain_disk,omitempty"` // keep the root disk file on Delete
 	Drives        []Drive           `json:"drives,omitempty"`      // extra block devices: /dev/vdb, /dev/vdc, ...

@@ -187,6 +187,11 @@ func isELF(path string) bool {
 //     unchanged.
 const guestKernelArgs = "quiet cryptomgr.notests init_on_alloc=0"
 
+// DefaultBootArgs returns the kernel parameters smolvm gives every guest;
+// Config.BootArgs follows them on the command line, so it can override
+// any of them.
+func DefaultBootArgs() string { return guestKernelArgs }
+
 // vmSpec is the VMM's view of the VM.
 func vmSpec(dir string, rec record, initrd string) vmm.Spec {
 	cfg := rec.Config

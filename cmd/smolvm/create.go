@@ -32,7 +32,7 @@ func (f *createFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.cfg.VCPUs, "cpus", smolvm.DefaultVCPUs, "virtual CPUs")
 	fl.IntVar(&f.cfg.MemoryMiB, "memory", smolvm.DefaultMemoryMiB, "memory in MiB")
 	fl.IntVar(&f.cfg.DiskSizeMiB, "disk-size", 0, "grow the root disk to this many MiB")
-	fl.StringVar(&f.cfg.BootArgs, "boot-args", "", "extra kernel command line")
+	fl.StringVar(&f.cfg.BootArgs, "boot-args", "", "extra kernel command line, after smolvm's own ("+smolvm.DefaultBootArgs()+"), so it can override them")
 	fl.StringVar(&f.mode, "disk-mode", "isolated", "isolated (own writable disk) or shared (one read-only image, writes kept in memory)")
 	fl.BoolVar(&f.cfg.RetainDisk, "retain-disk", false, "keep the root disk file when the VM is deleted")
 	fl.StringArrayVar(&f.drives, "drive", nil, "extra disk PATH[:ro] (repeatable): /dev/vdb, /dev/vdc, ...")
