@@ -194,16 +194,6 @@ func kmodResolve(ctx context.Context, dir string, wanted []string) ([]kmodFile, 
 	return r.order, nil
 }
 
-// listed says whether name is in the load order so far.
-func (r *kmodResolver) listed(name string) bool {
-	for _, f := range r.order {
-		if f.Name == name {
-			return true
-		}
-	}
-	return false
-}
-
 // kmodResolver is a depth-first topological sort over module dependencies.
 type kmodResolver struct {
 	ctx     context.Context
@@ -213,6 +203,13 @@ type kmodResolver struct {
 	order   []kmodFile
 }
 
+// loads says whether name is a module file to load: part of this kernel's
+// modules and not built in.
+func (r *kmodResolver) loads(name string) bool {
+	_, ok := r.idx[name]
+	return ok && !r.builtin[name]
+}
+
 func (r *kmodResolver) visit(name string, chain []string) error {
 	switch r.state[name] {
 	case 1:
@@ -220,8 +217,7 @@ func (r *kmodResolver) visit(name string, chain []string) error {
 	case 2:
 		return nil
 	}
-	path, ok := r.idx[name]
-	if !ok || r.builtin[name] {
+	if !r.loads(name) {
 		r.state[name] = 2 // built in, or not part of this kernel: nothing to load
 		return nil
 	}
@@ -229,6 +225,7 @@ func (r *kmodResolver) visit(name string, chain []string) error {
 		return err
 	}
 	r.state[name] = 1
+	path := r.idx[name]
 	data, err := kmodRead(r.ctx, path)
 	if err != nil {
 		return fmt.Errorf("reading kernel module %s: %w", name, err)
@@ -242,7 +239,7 @@ func (r *kmodResolver) visit(name string, chain []string) error {
 		if err := r.visit(d, append(chain, name)); err != nil {
 			return err
 		}
-		if r.listed(d) {
+		if r.loads(d) {
 			loaded = append(loaded, d)
 		}
 	}
