@@ -18,18 +18,11 @@ import (
 // running) and sends req. Cancelling ctx closes the stream; the returned
 // stop undoes that and must be called once the stream is done with.
 func (vm *VM) agentStream(ctx context.Context, req agentproto.Request) (*agentproto.Conn, func(), error) {
-	r, err := vm.h.get(ctx, vm.id)
+	r, err := vm.runningRow(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	if r.Status != store.StatusRunning {
-		return nil, nil, fmt.Errorf("%w: vm %s is %s, not running", ErrState, vm.id, r.Status)
-	}
-	conn, err := supervisor.AgentConn(ctx, r.Dir)
-	if errors.Is(err, supervisor.ErrNotRunning) {
-		r = vm.h.reconcile(ctx, r)
-		return nil, nil, fmt.Errorf("%w: vm %s is %s, not running (%v)", ErrState, vm.id, r.Status, err)
-	}
+	conn, err := vm.agentConn(ctx, r)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -40,6 +33,36 @@ func (vm *VM) agentStream(ctx context.Context, req agentproto.Request) (*agentpr
 	}
 	stopCancel := context.AfterFunc(ctx, func() { c.Close() })
 	return c, func() { stopCancel(); c.Close() }, nil
+}
+
+// runningRow reads the VM's row and fails with ErrState unless it says
+// running. It skips get's check that the supervisor is alive, a read of
+// /proc on every command: agentConn notices a dead supervisor anyway, and
+// then reconciles.
+func (vm *VM) runningRow(ctx context.Context) (store.VM, error) {
+	r, err := vm.h.store.GetVM(ctx, vm.id)
+	if errors.Is(err, store.ErrNotFound) {
+		return r, fmt.Errorf("vm %s: %w", vm.id, ErrNotFound)
+	}
+	if err != nil {
+		return r, err
+	}
+	if r.Status != store.StatusRunning {
+		r = vm.h.reconcile(ctx, r)
+		return r, fmt.Errorf("%w: vm %s is %s, not running", ErrState, vm.id, r.Status)
+	}
+	return r, nil
+}
+
+// agentConn opens a connection to the agent of the VM in row r, marking
+// the row as an error when its supervisor turns out to be gone.
+func (vm *VM) agentConn(ctx context.Context, r store.VM) (io.ReadWriteCloser, error) {
+	conn, err := supervisor.AgentConn(ctx, r.Dir)
+	if errors.Is(err, supervisor.ErrNotRunning) {
+		r = vm.h.reconcile(ctx, r)
+		return nil, fmt.Errorf("%w: vm %s is %s, not running (%v)", ErrState, vm.id, r.Status, err)
+	}
+	return conn, err
 }
 
 // agentCall sends req and reads the agent's Response.

@@ -4,15 +4,12 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"syscall"
 	"time"
 
 	"github.com/smolvm/smolvm/internal/agentproto"
-	"github.com/smolvm/smolvm/internal/store"
-	"github.com/smolvm/smolvm/internal/supervisor"
 )
 
 // DefaultMaxOutput bounds what Run collects of each of stdout and stderr
@@ -70,22 +67,15 @@ func (vm *VM) run(ctx context.Context, argv []string, opts RunOptions) (Result, 
 	if err := ValidateEnv(opts.Env); err != nil {
 		return Result{}, err
 	}
-	r, err := vm.h.get(ctx, vm.id)
+	r, err := vm.runningRow(ctx)
 	if err != nil {
 		return Result{}, err
-	}
-	if r.Status != store.StatusRunning {
-		return Result{}, fmt.Errorf("%w: vm %s is %s, not running", ErrState, vm.id, r.Status)
 	}
 	rec, err := vm.record(r)
 	if err != nil {
 		return Result{}, err
 	}
-	conn, err := supervisor.AgentConn(ctx, r.Dir)
-	if errors.Is(err, supervisor.ErrNotRunning) {
-		r = vm.h.reconcile(ctx, r)
-		return Result{}, fmt.Errorf("%w: vm %s is %s, not running (%v)", ErrState, vm.id, r.Status, err)
-	}
+	conn, err := vm.agentConn(ctx, r)
 	if err != nil {
 		return Result{}, err
 	}

@@ -65,11 +65,18 @@ func (s *server) prepareExec(req *agentproto.ExecRequest) (execSpec, error) {
 	if !filepath.IsAbs(spec.dir) {
 		return execSpec{}, fmt.Errorf("exec: working directory %q is not absolute", spec.dir)
 	}
-	if fi, err := os.Stat(spec.dir); err != nil || !fi.IsDir() {
-		return execSpec{}, fmt.Errorf("exec: working directory %q does not exist or is not a directory", spec.dir)
-	}
 	spec.path = lookPath(req.Argv[0], envGet(spec.env, "PATH"))
 	return spec, nil
+}
+
+// checkDir explains a failed start whose cause may be the working
+// directory: the child's chdir and execve report the same errnos, so it is
+// looked at only then, not before every exec.
+func checkDir(dir string) error {
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("exec: working directory %q does not exist or is not a directory", dir)
+	}
+	return nil
 }
 
 func (s *server) execEnv(req *agentproto.ExecRequest, u guestUser) ([]string, error) {
@@ -147,6 +154,10 @@ func (s *server) exec(ctx context.Context, st net.Conn, c *agentproto.Conn, req 
 		return
 	}
 	if spec.path == "" {
+		if derr := checkDir(spec.dir); derr != nil {
+			replyError(c, derr)
+			return
+		}
 		notRunnable(c, req, 127, req.Argv[0]+": command not found")
 		return
 	}
@@ -163,6 +174,10 @@ func (s *server) exec(ctx context.Context, st net.Conn, c *agentproto.Conn, req 
 	eio.closeChild()
 	if err != nil {
 		eio.closeAll()
+		if derr := checkDir(spec.dir); derr != nil {
+			replyError(c, derr)
+			return
+		}
 		if code, msg, ok := execFailure(req.Argv[0], err); ok {
 			notRunnable(c, req, code, msg)
 			return
@@ -174,14 +189,16 @@ func (s *server) exec(ctx context.Context, st net.Conn, c *agentproto.Conn, req 
 	if req.ReportPID {
 		c.WriteJSON(agentproto.FrameResponse, agentproto.Response{PID: pid})
 	}
-	status := s.runExec(st, c, req, pid, wait, eio)
+	status, inputDone := s.runExec(st, c, req, pid, wait, eio)
 	s.log.Debug("exec ended", "pid", pid, "code", status.Code, "timed_out", status.TimedOut)
 	c.WriteJSON(agentproto.FrameExit, status)
+	<-inputDone // the host has its answer: finish behind it
 }
 
 // runExec pumps a started process's I/O until it has exited and its output
-// is drained (or the grace period after exit has passed).
-func (s *server) runExec(st net.Conn, c *agentproto.Conn, req *agentproto.ExecRequest, pid int, wait <-chan unix.WaitStatus, eio *execIO) agentproto.ExitStatus {
+// is drained (or the grace period after exit has passed). The returned
+// channel closes once the host's input has stopped being applied.
+func (s *server) runExec(st net.Conn, c *agentproto.Conn, req *agentproto.ExecRequest, pid int, wait <-chan unix.WaitStatus, eio *execIO) (agentproto.ExitStatus, <-chan struct{}) {
 	drained := make(chan struct{}, len(eio.outs)) // a value per output at its end
 	for _, o := range eio.outs {
 		go func() {
@@ -211,8 +228,7 @@ func (s *server) runExec(st net.Conn, c *agentproto.Conn, req *agentproto.ExecRe
 	s.drain(drained, pid, eio)
 	eio.closeAll()
 	st.SetReadDeadline(time.Now()) // stop reading host frames
-	<-inputDone
-	return exitStatus(ws, timedOut.Load())
+	return exitStatus(ws, timedOut.Load()), inputDone
 }
 
 // drain waits for the output pumps to end, after the process exited: at

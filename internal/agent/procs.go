@@ -168,6 +168,9 @@ func (s *server) procStart(c *agentproto.Conn, req *agentproto.Request) error {
 		return err
 	}
 	if spec.path == "" {
+		if err := checkDir(spec.dir); err != nil {
+			return err
+		}
 		return fmt.Errorf("%s: command not found", x.Argv[0])
 	}
 	eio, err := newExecIO(&x)
@@ -182,6 +185,9 @@ func (s *server) procStart(c *agentproto.Conn, req *agentproto.Request) error {
 	eio.closeChild()
 	if err != nil {
 		eio.closeAll()
+		if derr := checkDir(spec.dir); derr != nil {
+			return derr
+		}
 		return fmt.Errorf("starting %s: %w", x.Argv[0], err)
 	}
 	p := &proc{pid: pid, argv: x.Argv, user: x.User, started: time.Now(),

@@ -270,6 +270,8 @@ func TestExec(t *testing.T) {
 		{name: "empty argv", req: agentproto.ExecRequest{}, errHas: "empty command"},
 		{name: "relative dir", req: agentproto.ExecRequest{Argv: []string{"true"}, Dir: "tmp"}, errHas: "not absolute"},
 		{name: "missing dir", req: agentproto.ExecRequest{Argv: []string{"true"}, Dir: "/nonexistent"}, errHas: "does not exist"},
+		{name: "dir not a directory", req: agentproto.ExecRequest{Argv: []string{"true"}, Dir: "/dev/null"}, errHas: "not a directory"},
+		{name: "missing dir and command", req: agentproto.ExecRequest{Argv: []string{"no-such-command-here"}, Dir: "/nonexistent"}, errHas: "does not exist"},
 		{name: "bad env", req: agentproto.ExecRequest{Argv: []string{"true"}, Env: []string{"NOEQUALS"}}, errHas: "not KEY=VALUE"},
 	}
 	for _, tt := range tests {

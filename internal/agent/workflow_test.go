@@ -260,6 +260,13 @@ func TestBackgroundProcesses(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no background process") {
 		t.Fatalf("wait on a removed process: %v", err)
 	}
+	for _, x := range []agentproto.ExecRequest{{Argv: []string{"true"}, Dir: "/nonexistent"}, {Argv: []string{"no-such-cmd"}, Dir: "/dev/null"}} {
+		_, c, err := ta.call(t, agentproto.Request{Op: agentproto.OpProcStart, Exec: &x})
+		c.Close()
+		if err == nil || !strings.Contains(err.Error(), "working directory") {
+			t.Fatalf("start in %s: %v, want the working directory named", x.Dir, err)
+		}
+	}
 }
 
 // TestExecHangsUpWhenHostGoes: a host that drops an exec stream leaves no
