@@ -17,7 +17,9 @@ import (
 // the agent beside `ssh VM true` with OpenSSH (p50/p95 of alternating
 // samples, so drift hits both alike), then file upload and download
 // beside the raw channel rate (dd through exec stdin/stdout), each moving
-// $SMOLVM_BENCH_BYTES (default 1 GiB). Run it once:
+// $SMOLVM_BENCH_BYTES (default 1 GiB). The guest kernel is the one New
+// finds unless $SMOLVM_BENCH_KERNEL names one (such as the vmlinux that
+// `smolvm kernel build` installs). Run it once:
 //
 //	SMOLVM_VM_TESTS=1 go test -run '^$' -bench ExecVsSSH -benchtime 1x -timeout 60m .
 func BenchmarkExecVsSSH(b *testing.B) {
@@ -25,7 +27,8 @@ func BenchmarkExecVsSSH(b *testing.B) {
 	samples := envInt(b, "SMOLVM_BENCH_SAMPLES", 40)
 	size := int64(envInt(b, "SMOLVM_BENCH_BYTES", 1<<30))
 	ctx := context.Background()
-	vm, err := New(ctx, Config{Image: "tiny", Net: NetNone, MemoryMiB: 3072},
+	kernel := os.Getenv("SMOLVM_BENCH_KERNEL")
+	vm, err := New(ctx, Config{Image: "tiny", Net: NetNone, MemoryMiB: 3072, Kernel: kernel},
 		WithDataDir(vmtest.DataDir(b)), WithExecutable(vmtest.Binary(b)))
 	if err != nil {
 		b.Fatal(err)
@@ -39,6 +42,11 @@ func BenchmarkExecVsSSH(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	if kernel == "" {
+		vi, _ := vm.Info(ctx)
+		kernel = "the default, " + vi.Kernel
+	}
+	b.Logf("guest kernel %s", kernel)
 	sshTrue := append(append([]string{}, info.Command[1:]...), "-o", "BatchMode=yes", "true")
 	for i := 0; i < b.N; i++ {
 		var agent, ssh []time.Duration

@@ -192,12 +192,16 @@ func (s *server) exec(ctx context.Context, st net.Conn, c *agentproto.Conn, req 
 	status, inputDone := s.runExec(st, c, req, pid, wait, eio)
 	s.log.Debug("exec ended", "pid", pid, "code", status.Code, "timed_out", status.TimedOut)
 	c.WriteJSON(agentproto.FrameExit, status)
-	<-inputDone // the host has its answer: finish behind it
+	// The host has its answer: wind down behind it.
+	eio.closeAll()
+	st.SetReadDeadline(time.Now()) // stop reading host frames
+	<-inputDone
 }
 
 // runExec pumps a started process's I/O until it has exited and its output
 // is drained (or the grace period after exit has passed). The returned
-// channel closes once the host's input has stopped being applied.
+// channel closes once the host's input has stopped being applied, which
+// the caller ends by a read deadline on st.
 func (s *server) runExec(st net.Conn, c *agentproto.Conn, req *agentproto.ExecRequest, pid int, wait <-chan unix.WaitStatus, eio *execIO) (agentproto.ExitStatus, <-chan struct{}) {
 	drained := make(chan struct{}, len(eio.outs)) // a value per output at its end
 	for _, o := range eio.outs {
@@ -226,8 +230,6 @@ func (s *server) runExec(st net.Conn, c *agentproto.Conn, req *agentproto.ExecRe
 	ws := <-wait
 	exited.Store(true)
 	s.drain(drained, pid, eio)
-	eio.closeAll()
-	st.SetReadDeadline(time.Now()) // stop reading host frames
 	return exitStatus(ws, timedOut.Load()), inputDone
 }
 
