@@ -143,10 +143,17 @@ type frameSink struct {
 
 func (w frameSink) Write(p []byte) (int, error) {
 	if err := w.c.WriteFrame(w.t, p); err != nil {
-		return 0, err
+		return 0, &streamWriteError{err}
 	}
 	return len(p), nil
 }
+
+// streamWriteError is a write to an agent stream that failed: the other
+// end went away, as opposed to a local source of data failing.
+type streamWriteError struct{ err error }
+
+func (e *streamWriteError) Error() string { return e.err.Error() }
+func (e *streamWriteError) Unwrap() error { return e.err }
 
 // frameSource reads the guest's data frames until FrameDone (io.EOF, with
 // done set) or FrameError (a GuestError).

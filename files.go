@@ -183,8 +183,13 @@ func (vm *VM) sendStream(ctx context.Context, req agentproto.Request, produce fu
 		if err == nil {
 			err = c.WriteFrame(agentproto.FrameStdinClose, nil)
 		}
-		if err != nil {
-			c.Close() // the guest must not wait for the rest
+		var we *streamWriteError
+		if err != nil && !errors.As(err, &we) {
+			// A local failure: the guest must not wait for the rest.
+			// (When the stream itself refused a write, the guest or the
+			// supervisor ended it, and its reason may still be on its
+			// way: closing here could throw that away unread.)
+			c.Close()
 		}
 		sent <- err
 	}()
