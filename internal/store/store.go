@@ -25,7 +25,8 @@ var migrations embed.FS
 // Store is smolvm's database. It is safe for concurrent use, and several
 // processes may open the same file at once.
 type Store struct {
-	db *sql.DB
+	db    *sql.DB
+	getVM *sql.Stmt // GetVM's query, parsed once: it runs before every command
 }
 
 // Open opens (creating if needed) the database at path and brings its schema
@@ -42,11 +43,18 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("migrating database %s: %w", path, err)
 	}
+	if s.getVM, err = db.PrepareContext(ctx, "SELECT "+vmColumns+" FROM vms WHERE id = ?"); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("opening database %s: %w", path, err)
+	}
 	return s, nil
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.getVM.Close()
+	return s.db.Close()
+}
 
 // migrate applies, in one transaction each, the embedded migrations newer
 // than the database's user_version.

@@ -77,7 +77,7 @@ func (s *Store) CreateVM(ctx context.Context, v VM) error {
 
 // GetVM returns the VM with this id, or ErrNotFound.
 func (s *Store) GetVM(ctx context.Context, id string) (VM, error) {
-	v, err := scanVM(s.db.QueryRowContext(ctx, "SELECT "+vmColumns+" FROM vms WHERE id = ?", id))
+	v, err := scanVM(s.getVM.QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return VM{}, fmt.Errorf("vm %s: %w", id, ErrNotFound)
 	}
