@@ -448,7 +448,7 @@ func TestNetworkUserMode(t *testing.T) {
 		t.Fatalf("egress on a user-mode vm: %v %q, want a clear refusal", err, out)
 	}
 	tp.mustCLI(t, "port", "expose", id, "8080")
-	tp.mustCLI(t, "rm", id)
+	tp.mustCLI(t, "rm", "-f", id) // docker's spelling is taken too
 	if left := tp.traces(t, id); len(left) != 0 {
 		t.Fatalf("left after delete: %v", left)
 	}

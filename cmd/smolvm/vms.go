@@ -51,7 +51,7 @@ func stopCmd(g *globals) *cobra.Command {
 }
 
 func rmCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:     "rm ID...",
 		Aliases: []string{"delete"},
 		Short:   "Delete VMs (running ones are killed) and everything they own",
@@ -60,6 +60,10 @@ func rmCmd(g *globals) *cobra.Command {
 			return eachVM(cmd, g, ids, func(vm *smolvm.VM) error { return vm.Delete(cmd.Context()) })
 		},
 	}
+	// docker rm needs -f for a running container; rm here always stops
+	// the VM first, so the flag is taken and changes nothing.
+	cmd.Flags().BoolP("force", "f", false, "accepted for docker compatibility: running VMs are always killed")
+	return cmd
 }
 
 func lsCmd(g *globals) *cobra.Command {
