@@ -161,7 +161,7 @@ func (s *server) exec(ctx context.Context, st net.Conn, c *agentproto.Conn, req 
 		notRunnable(c, req, 127, req.Argv[0]+": command not found")
 		return
 	}
-	eio, err := newExecIO(req)
+	eio, err := s.stdio.get(req)
 	if err != nil {
 		replyError(c, fmt.Errorf("exec: %w", err))
 		return
@@ -192,10 +192,12 @@ func (s *server) exec(ctx context.Context, st net.Conn, c *agentproto.Conn, req 
 	status, inputDone := s.runExec(st, c, req, pid, wait, eio)
 	s.log.Debug("exec ended", "pid", pid, "code", status.Code, "timed_out", status.TimedOut)
 	c.WriteJSON(agentproto.FrameExit, status)
-	// The host has its answer: wind down behind it.
+	// The host has its answer: wind down behind it, and make the next
+	// command's streams.
 	eio.closeAll()
 	st.SetReadDeadline(time.Now()) // stop reading host frames
 	<-inputDone
+	s.stdio.refill()
 }
 
 // runExec pumps a started process's I/O until it has exited and its output

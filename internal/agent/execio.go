@@ -187,6 +187,12 @@ func (e *execIO) closeOutputs() {
 }
 
 // closeAll closes every parent-side fd.
+// release closes every fd of a set that was never used.
+func (e *execIO) release() {
+	e.closeChild()
+	e.closeAll()
+}
+
 func (e *execIO) closeAll() {
 	e.mu.Lock()
 	w := e.stdin

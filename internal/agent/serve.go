@@ -47,6 +47,7 @@ type server struct {
 	log    *slog.Logger
 	reaper *Reaper
 	users  userCache // exec's user lookups (usercache.go)
+	stdio  stdioPool // a ready set of standard streams for the next exec
 }
 
 // Serve writes the hello line on conn, then serves a yamux server session
@@ -87,6 +88,8 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, cfg Config) error {
 		return fmt.Errorf("starting yamux session: %w", err)
 	}
 	defer sess.Close()
+	defer s.stdio.close()
+	go s.stdio.refill()
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
 	for {

@@ -444,3 +444,59 @@ func TestExecTTY(t *testing.T) {
 		t.Errorf("exit %+v", res.Exit)
 	}
 }
+
+// TestExecLeavesNoFDs: whatever an exec ends in, the agent holds no more
+// descriptors afterwards than before (the ready set of standard streams
+// for the next exec included), and none once its session ends.
+func TestExecLeavesNoFDs(t *testing.T) {
+	openFDs := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	// settled waits for handlers finishing behind their answers.
+	settled := func(want int) int {
+		n := openFDs()
+		for deadline := time.Now().Add(10 * time.Second); n != want && time.Now().Before(deadline); n = openFDs() {
+			time.Sleep(10 * time.Millisecond)
+		}
+		return n
+	}
+	ta := startAgent(t)
+	ta.exec(t, agentproto.ExecRequest{Argv: []string{"true"}}, nil, nil)
+	base := openFDs()
+	for prev := -1; base != prev; base = openFDs() { // the first exec's handler winds down
+		prev = base
+		time.Sleep(50 * time.Millisecond)
+	}
+	reqs := []struct {
+		req   agentproto.ExecRequest
+		stdin []byte
+	}{
+		{req: agentproto.ExecRequest{Argv: []string{"true"}}},
+		{req: agentproto.ExecRequest{Argv: []string{"sh", "-c", "echo out; echo err >&2; exit 3"}}},
+		{req: agentproto.ExecRequest{Argv: []string{"cat"}}, stdin: []byte("in\n")},
+		{req: agentproto.ExecRequest{Argv: []string{"no-such-cmd-xyz"}}},
+		{req: agentproto.ExecRequest{Argv: []string{"/nonexistent/tool"}}},
+		{req: agentproto.ExecRequest{Argv: []string{"true"}, Dir: "/nonexistent"}},
+		{req: agentproto.ExecRequest{Argv: []string{"true"}, TTY: true}},
+	}
+	for i := 0; i < 3; i++ {
+		for _, r := range reqs {
+			ta.exec(t, r.req, r.stdin, nil)
+		}
+	}
+	if n := settled(base); n != base {
+		t.Fatalf("%d fds open after the execs, %d before", n, base)
+	}
+	ta.sess.Close()
+	if err := <-ta.served; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	ta.served <- nil // for the cleanup
+	if n := openFDs(); n > base-5 {
+		t.Fatalf("%d fds open after the session ended, %d during it: the ready streams (5 fds) were kept", n, base)
+	}
+}
