@@ -23,11 +23,14 @@ import (
 // SSHInfo says how to reach a running VM with OpenSSH (ssh, scp, sftp).
 // The guest agent serves SSH itself; the image needs no sshd.
 type SSHInfo struct {
-	Host    string   `json:"host"`
-	Port    int      `json:"port"`
-	User    string   `json:"user"`
-	KeyPath string   `json:"key_path"` // the private key to present
-	Command []string `json:"command"`  // a ready ssh command line
+	Host    string `json:"host"`
+	Port    int    `json:"port"`
+	User    string `json:"user"`
+	KeyPath string `json:"key_path"` // the private key to present
+	// KnownHostsFile holds the VM's host key for Host and Port, in
+	// known_hosts format: the key stays the same across restarts.
+	KnownHostsFile string   `json:"known_hosts_file"`
+	Command        []string `json:"command"` // a ready ssh command line, checking the host key
 }
 
 // SSHOptions tune SSH.
@@ -45,8 +48,8 @@ const sshKeyName = "id_ed25519"
 
 // SSH makes sure the VM accepts the key and returns how to connect. The
 // VM must be running; its port comes from the pool 2200-2999 and stays
-// with it across restarts. The guest's host key changes at each boot, so
-// the command line skips host key checks (the port is on 127.0.0.1 only).
+// with it across restarts. The VM's host key is made on first use and
+// kept in its directory; the command line checks it, from KnownHostsFile.
 func (vm *VM) SSH(ctx context.Context, opts SSHOptions) (SSHInfo, error) {
 	info, err := vm.ssh(ctx, opts)
 	if err != nil {
@@ -81,11 +84,36 @@ func (vm *VM) ssh(ctx context.Context, opts SSHOptions) (SSHInfo, error) {
 	if user == "" {
 		user = "root"
 	}
-	info := SSHInfo{Host: supervisor.SSHListenHost, Port: port, User: user, KeyPath: keyPath}
+	info := SSHInfo{Host: supervisor.SSHListenHost, Port: port, User: user, KeyPath: keyPath,
+		KnownHostsFile: filepath.Join(r.Dir, supervisor.KnownHostsFile)}
+	if err := knowHostKey(r.Dir, info.KnownHostsFile, info.Host, port); err != nil {
+		return SSHInfo{}, fmt.Errorf("ssh host key: %w", err)
+	}
 	info.Command = []string{"ssh", "-i", keyPath, "-p", strconv.Itoa(port),
-		"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-		user + "@" + info.Host}
+		"-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + info.KnownHostsFile,
+		"-o", "LogLevel=ERROR", user + "@" + info.Host}
 	return info, nil
+}
+
+// knowHostKey makes the VM's host key in dir unless it exists, and writes
+// known, a known_hosts file naming it for host:port.
+func knowHostKey(dir, known, host string, port int) error {
+	key := filepath.Join(dir, supervisor.HostKeyFile)
+	pub, err := os.ReadFile(key + ".pub")
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := makeSSHKey(key); err != nil {
+			return err
+		}
+		pub, err = os.ReadFile(key + ".pub")
+	}
+	if err != nil {
+		return err
+	}
+	line := fmt.Sprintf("[%s]:%d %s\n", host, port, strings.TrimSpace(string(pub)))
+	if have, err := os.ReadFile(known); err == nil && string(have) == line {
+		return nil
+	}
+	return writeFileAtomic(known, []byte(line), 0o644)
 }
 
 // sshLine is the ssh command line for Info, or "" when there is none.

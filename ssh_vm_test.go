@@ -16,10 +16,11 @@ import (
 	"github.com/smolvm/smolvm/internal/vmtest"
 )
 
-// sshArgs returns OpenSSH options for info with key (and -p or -P).
+// sshArgs returns OpenSSH options for info with key (and -p or -P),
+// checking the host key against info's known_hosts file.
 func sshArgs(info SSHInfo, key, portFlag string) []string {
-	return []string{"-i", key, portFlag, strconv.Itoa(info.Port), "-o", "StrictHostKeyChecking=no",
-		"-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+	return []string{"-i", key, portFlag, strconv.Itoa(info.Port), "-o", "StrictHostKeyChecking=yes",
+		"-o", "UserKnownHostsFile=" + info.KnownHostsFile, "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
 		"-o", "IdentitiesOnly=yes"}
 }
 
@@ -90,6 +91,32 @@ func TestSSHVM(t *testing.T) {
 	}
 	if out, code := run("ssh", append(sshArgs(info, other, "-p"), target, "true")...); code != 0 {
 		t.Fatalf("authorized key: exit %d %s", code, out)
+	}
+
+	// The host key is checked: another key for the same address is
+	// refused, and the VM's own survives a restart.
+	wrong := info
+	wrong.KnownHostsFile = filepath.Join(dir, "known_hosts")
+	otherPub, err := os.ReadFile(other + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(wrong.KnownHostsFile, []byte(fmt.Sprintf("[127.0.0.1]:%d %s", info.Port, otherPub)), 0o644)
+	if out, code := run("ssh", append(sshArgs(wrong, info.KeyPath, "-p"), target, "true")...); code != 255 || !strings.Contains(out, "HOST IDENTIFICATION HAS CHANGED") {
+		t.Fatalf("a wrong host key: exit %d %s", code, out)
+	}
+	if err := vm.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	again, err := vm.SSH(ctx, SSHOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, code := run(again.Command[0], append(again.Command[1:], "-o", "BatchMode=yes", "echo", "back")...); code != 0 || out != "back\n" {
+		t.Fatalf("ssh with the ready command after a restart: exit %d %q", code, out)
 	}
 }
 

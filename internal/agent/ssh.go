@@ -34,11 +34,28 @@ func (st *State) sshHostKey() (ssh.Signer, error) {
 	return st.hostKey, nil
 }
 
-// sshServerConfig accepts the clients holding one of authorized, as any
-// user of the guest's /etc/passwd.
-func (s *server) sshServerConfig(authorized []string) (*ssh.ServerConfig, error) {
+// hostKey is the host key given in PEM, else the guest's own.
+func (s *server) hostKey(pemKey string) (ssh.Signer, error) {
+	if pemKey == "" {
+		k, err := s.cfg.State.sshHostKey()
+		if err != nil {
+			return nil, fmt.Errorf("making ssh host key: %w", err)
+		}
+		return k, nil
+	}
+	k, err := ssh.ParsePrivateKey([]byte(pemKey))
+	if err != nil {
+		return nil, fmt.Errorf("parsing ssh host key: %w", err)
+	}
+	return k, nil
+}
+
+// sshServerConfig accepts the clients holding one of the request's
+// authorized keys, as any user of the guest's /etc/passwd, and presents
+// the request's host key (else the guest's own).
+func (s *server) sshServerConfig(req *agentproto.SSHRequest) (*ssh.ServerConfig, error) {
 	var keys [][]byte
-	for _, line := range authorized {
+	for _, line := range req.AuthorizedKeys {
 		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
 		if err != nil {
 			return nil, fmt.Errorf("parsing authorized key: %w", err)
@@ -48,9 +65,9 @@ func (s *server) sshServerConfig(authorized []string) (*ssh.ServerConfig, error)
 	if len(keys) == 0 {
 		return nil, errors.New("ssh: no authorized keys")
 	}
-	hostKey, err := s.cfg.State.sshHostKey()
+	hostKey, err := s.hostKey(req.HostKey)
 	if err != nil {
-		return nil, fmt.Errorf("making ssh host key: %w", err)
+		return nil, err
 	}
 	cfg := &ssh.ServerConfig{
 		ServerVersion: "SSH-2.0-smolvm_agent",
@@ -77,7 +94,7 @@ func (s *server) serveSSH(ctx context.Context, st net.Conn, c *agentproto.Conn, 
 		replyError(c, errors.New("ssh request without ssh field"))
 		return
 	}
-	cfg, err := s.sshServerConfig(req.AuthorizedKeys)
+	cfg, err := s.sshServerConfig(req)
 	if err != nil {
 		replyError(c, err)
 		return

@@ -133,6 +133,10 @@ type SSHRequest struct {
 	// BaseEnv (image and VM config environment) is given to the
 	// session's programs, as ExecRequest.BaseEnv is.
 	BaseEnv []string `json:"base_env,omitempty"`
+	// HostKey is the private host key (OpenSSH PEM) the server presents,
+	// the VM's own, kept on the host so that clients can check it; empty:
+	// a key the guest makes at first use and keeps until it stops.
+	HostKey string `json:"host_key,omitempty"`
 }
 
 // Reader returns the stream's read side, including bytes already buffered:

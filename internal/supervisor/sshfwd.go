@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"net"
 	"os"
@@ -33,6 +34,12 @@ const (
 	// guest accepts, in authorized_keys format; it is read for each
 	// connection, so keys added to it work at once.
 	AuthorizedKeysFile = "ssh_authorized_keys"
+	// HostKeyFile, in the VM's directory, is the private host key the
+	// guest's SSH server presents (read for each connection); the same
+	// key across restarts, so clients can check it against
+	// KnownHostsFile, where the SDK writes it with the VM's port.
+	HostKeyFile    = "ssh_host_ed25519_key"
+	KnownHostsFile = "ssh_known_hosts"
 )
 
 // SSHPort returns the port leased to vmID for SSH, or 0 when it has none.
@@ -123,6 +130,10 @@ func (s *supervisor) sshStream(c net.Conn) error {
 	if err != nil {
 		return err
 	}
+	hostKey, err := os.ReadFile(filepath.Join(s.vm.Dir, HostKeyFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("reading ssh host key: %w", err)
+	}
 	sess := s.session
 	if sess == nil {
 		return errors.New("no agent session")
@@ -135,7 +146,7 @@ func (s *supervisor) sshStream(c net.Conn) error {
 	ac := agentproto.NewConn(stream)
 	stream.SetDeadline(time.Now().Add(30 * time.Second))
 	if err := ac.WriteJSON(agentproto.FrameRequest, agentproto.Request{Op: agentproto.OpSSH,
-		SSH: &agentproto.SSHRequest{AuthorizedKeys: keys, BaseEnv: baseEnv(s.vm.Config)}}); err != nil {
+		SSH: &agentproto.SSHRequest{AuthorizedKeys: keys, BaseEnv: baseEnv(s.vm.Config), HostKey: string(hostKey)}}); err != nil {
 		return err
 	}
 	var resp agentproto.Response
