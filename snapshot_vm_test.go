@@ -2,14 +2,18 @@ package smolvm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/smolvm/smolvm/internal/supervisor"
 	"github.com/smolvm/smolvm/internal/vmtest"
 )
 
@@ -244,4 +248,59 @@ func processesNaming(s string) []int {
 		}
 	}
 	return pids
+}
+
+// TestSnapshotOnFullDiskLeavesNothing: a snapshot that runs out of space,
+// while keeping the boot files or while saving the guest's memory, fails
+// saying so, leaves no directory or row, and the VM runs on.
+func TestSnapshotOnFullDiskLeavesNothing(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("mounting a small file system over the snapshot directory needs root")
+	}
+	vm := bootTiny(t, Config{Net: NetNone, MemoryMiB: 128})
+	ctx := context.Background()
+	r, err := vm.h.get(ctx, vm.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plan supervisor.Plan
+	if err := json.Unmarshal(r.Spec, &plan); err != nil {
+		t.Fatal(err)
+	}
+	initrd, err := os.Stat(plan.VMM.Initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snaps := filepath.Join(vmtest.DataDir(t), "snapshots")
+	if err := os.MkdirAll(snaps, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name    string
+		size    int64
+		failsAt string
+	}{
+		{"keeping the boot files", 4 << 20, "keeping the initramfs"},
+		{"saving the memory", initrd.Size() + 2<<20, "snapshot"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := syscall.Mount("tmpfs", snaps, "tmpfs", 0, fmt.Sprintf("size=%d", tt.size)); err != nil {
+				t.Fatal(err)
+			}
+			defer syscall.Unmount(snaps, 0)
+			name := "t-full-" + strings.TrimPrefix(newID(), "vm-")
+			_, err := vm.Snapshot(ctx, name)
+			if err == nil || !strings.Contains(err.Error(), "no space left") || !strings.Contains(err.Error(), tt.failsAt) {
+				t.Fatalf("Snapshot on a full disk = %v, want one saying there is no space left, at %q", err, tt.failsAt)
+			}
+			t.Logf("the error: %v", err)
+			assertNoSnapshot(t, name)
+			if out := runOut(t, vm, "echo still here"); out != "still here" {
+				t.Fatalf("after the failed snapshot: %q", out)
+			}
+			if info, err := vm.Info(ctx); err != nil || info.Status != StatusRunning {
+				t.Fatalf("after the failed snapshot the vm is %v (%v)", info.Status, err)
+			}
+		})
+	}
 }
