@@ -43,10 +43,22 @@ func (s *server) hostKey(pemKey string) (ssh.Signer, error) {
 		}
 		return k, nil
 	}
+	return s.cfg.State.givenHostKey(pemKey)
+}
+
+// givenHostKey parses a host key the host gave, once: every connection
+// brings the same one.
+func (st *State) givenHostKey(pemKey string) (ssh.Signer, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.given.signer != nil && st.given.pem == pemKey {
+		return st.given.signer, nil
+	}
 	k, err := ssh.ParsePrivateKey([]byte(pemKey))
 	if err != nil {
 		return nil, fmt.Errorf("parsing ssh host key: %w", err)
 	}
+	st.given.pem, st.given.signer = pemKey, k
 	return k, nil
 }
 

@@ -16,6 +16,10 @@ type State struct {
 	procs    map[string]*proc  // background processes by id
 	nextProc int
 	hostKey  ssh.Signer // made on first use
+	given    struct {   // the last host key the host gave, parsed
+		pem    string
+		signer ssh.Signer
+	}
 }
 
 // NewState returns an empty State.

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/pem"
 	"errors"
 	"os"
 	"path/filepath"
@@ -300,30 +301,36 @@ func TestSSHSession(t *testing.T) {
 	_, otherPriv, _ := ed25519.GenerateKey(rand.Reader)
 	otherSigner, _ := ssh.NewSignerFromKey(otherPriv)
 
+	// The host's host key, given with each connection.
+	_, hostPriv, _ := ed25519.GenerateKey(rand.Reader)
+	block, _ := ssh.MarshalPrivateKey(hostPriv, "")
+	hostPEM := string(pem.EncodeToMemory(block))
+	hostSigner, _ := ssh.NewSignerFromKey(hostPriv)
+
 	dial := func(user string, key ssh.Signer) (*ssh.Client, error) {
-		st, err := ta.sess.OpenStream()
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := agentproto.NewConn(st)
-		c.WriteJSON(agentproto.FrameRequest, agentproto.Request{Op: agentproto.OpSSH, SSH: &agentproto.SSHRequest{AuthorizedKeys: []string{authorized}}})
-		var resp agentproto.Response
-		if err := c.ReadJSON(agentproto.FrameResponse, &resp); err != nil {
-			t.Fatal(err)
-		}
-		conn := &rawConn{Conn: st, r: c.Reader()}
-		cc, chans, reqs, err := ssh.NewClientConn(conn, "guest", &ssh.ClientConfig{
-			User: user, Auth: []ssh.AuthMethod{ssh.PublicKeys(key)}, HostKeyCallback: ssh.InsecureIgnoreHostKey()})
-		if err != nil {
-			return nil, err
-		}
-		return ssh.NewClient(cc, chans, reqs), nil
+		return dialSSH(t, ta, &agentproto.SSHRequest{AuthorizedKeys: []string{authorized}}, user, key, ssh.InsecureIgnoreHostKey())
 	}
 	if _, err := dial("root", otherSigner); err == nil {
 		t.Fatal("an unauthorized key got in")
 	}
 	if _, err := dial("nosuchuser", signer); err == nil {
 		t.Fatal("an unknown user got in")
+	}
+	for i := 0; i < 2; i++ { // the second time from the parsed key kept
+		given, err := dialSSH(t, ta, &agentproto.SSHRequest{AuthorizedKeys: []string{authorized}, HostKey: hostPEM},
+			"root", signer, ssh.FixedHostKey(hostSigner.PublicKey()))
+		if err != nil {
+			t.Fatalf("with the given host key: %v", err)
+		}
+		given.Close()
+	}
+	if _, err := dial("root", signer); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := dialSSH(t, ta, &agentproto.SSHRequest{AuthorizedKeys: []string{authorized}},
+		"root", signer, ssh.FixedHostKey(hostSigner.PublicKey())); err == nil {
+		c.Close()
+		t.Fatal("without a given host key the guest presented the given one")
 	}
 	client, err := dial("root", signer)
 	if err != nil {
@@ -338,4 +345,26 @@ func TestSSHSession(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitStatus() != 3 || string(out) != "in v\n" {
 		t.Fatalf("got %q, %v; want \"in v\\n\" and exit 3", out, err)
 	}
+}
+
+// dialSSH opens an agent stream for req and makes an SSH client over it.
+func dialSSH(t *testing.T, ta *testAgent, req *agentproto.SSHRequest, user string, key ssh.Signer, hostKey ssh.HostKeyCallback) (*ssh.Client, error) {
+	t.Helper()
+	st, err := ta.sess.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := agentproto.NewConn(st)
+	c.WriteJSON(agentproto.FrameRequest, agentproto.Request{Op: agentproto.OpSSH, SSH: req})
+	var resp agentproto.Response
+	if err := c.ReadJSON(agentproto.FrameResponse, &resp); err != nil {
+		t.Fatal(err)
+	}
+	conn := &rawConn{Conn: st, r: c.Reader()}
+	cc, chans, reqs, err := ssh.NewClientConn(conn, "guest", &ssh.ClientConfig{
+		User: user, Auth: []ssh.AuthMethod{ssh.PublicKeys(key)}, HostKeyCallback: hostKey})
+	if err != nil {
+		return nil, err
+	}
+	return ssh.NewClient(cc, chans, reqs), nil
 }
