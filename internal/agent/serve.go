@@ -158,7 +158,7 @@ func (s *server) handle(ctx context.Context, st net.Conn) {
 		}
 	}()
 	var req agentproto.Request
-	if err := c.ReadJSON(agentproto.FrameRequest, &req); err != nil {
+	if err := c.ReadRequest(&req); err != nil {
 		s.log.Debug("reading request", "err", err)
 		return
 	}

@@ -110,13 +110,23 @@ func (c *Conn) ReadFrame(buf []byte) (FrameType, []byte, error) {
 // ReadJSON reads one frame, which must be of type want (or FrameError, which
 // is returned as *Error), and decodes it into v.
 func (c *Conn) ReadJSON(want FrameType, v any) error {
+	return c.readDecoded(want, func(p []byte) error { return json.Unmarshal(p, v) })
+}
+
+// ReadRequest reads the FrameRequest that opens a stream, as ReadJSON
+// would, through DecodeRequest.
+func (c *Conn) ReadRequest(r *Request) error {
+	return c.readDecoded(FrameRequest, func(p []byte) error { return DecodeRequest(p, r) })
+}
+
+func (c *Conn) readDecoded(want FrameType, decode func([]byte) error) error {
 	t, p, err := c.ReadFrame(nil)
 	if err != nil {
 		return err
 	}
 	switch t {
 	case want:
-		return json.Unmarshal(p, v)
+		return decode(p)
 	case FrameError:
 		var e Error
 		if err := json.Unmarshal(p, &e); err != nil {
