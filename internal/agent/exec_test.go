@@ -198,3 +198,33 @@ func TestExecOutputGrows(t *testing.T) {
 		t.Fatalf("got %d bytes, exit %+v, err %v; want %d", len(res.Stdout), res.Exit, res.Err, size)
 	}
 }
+
+func TestLookPath(t *testing.T) {
+	a, b := t.TempDir(), t.TempDir()
+	write := func(path string, mode os.FileMode) {
+		if err := os.WriteFile(path, []byte("#!/bin/sh\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(filepath.Join(a, "plain"), 0o644)  // not executable: skipped
+	write(filepath.Join(b, "plain"), 0o755)  // found after it
+	write(filepath.Join(a, "tool"), 0o700)   // owner-executable
+	write(filepath.Join(b, "tool"), 0o755)   // shadowed by a's
+	os.Mkdir(filepath.Join(a, "dir"), 0o755) // a directory is not a command
+	os.Symlink(filepath.Join(b, "tool"), filepath.Join(a, "link"))
+	path := a + ":" + b
+	tests := []struct{ name, path, want string }{
+		{"tool", path, filepath.Join(a, "tool")},
+		{"plain", path, filepath.Join(b, "plain")},
+		{"dir", path, ""},
+		{"link", path, filepath.Join(a, "link")},
+		{"missing", path, ""},
+		{"/bin/anything", path, "/bin/anything"}, // a slash: used as it is
+		{"tool", "", ""},
+	}
+	for _, tt := range tests {
+		if got := lookPath(tt.name, tt.path); got != tt.want {
+			t.Errorf("lookPath(%q, %q) = %q, want %q", tt.name, tt.path, got, tt.want)
+		}
+	}
+}
