@@ -40,10 +40,7 @@ func (vm *VM) agentStream(ctx context.Context, req agentproto.Request) (*agentpr
 // /proc on every command: agentConn notices a dead supervisor anyway, and
 // then reconciles.
 func (vm *VM) runningRow(ctx context.Context) (store.VM, error) {
-	r, err := vm.h.store.GetVM(ctx, vm.id)
-	if errors.Is(err, store.ErrNotFound) {
-		return r, fmt.Errorf("vm %s: %w", vm.id, ErrNotFound)
-	}
+	r, err := vm.h.row(ctx, vm.id)
 	if err != nil {
 		return r, err
 	}

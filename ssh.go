@@ -98,18 +98,11 @@ func (vm *VM) ssh(ctx context.Context, opts SSHOptions) (SSHInfo, error) {
 // knowHostKey makes the VM's host key in dir unless it exists, and writes
 // known, a known_hosts file naming it for host:port.
 func knowHostKey(dir, known, host string, port int) error {
-	key := filepath.Join(dir, supervisor.HostKeyFile)
-	pub, err := os.ReadFile(key + ".pub")
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := makeSSHKey(key); err != nil {
-			return err
-		}
-		pub, err = os.ReadFile(key + ".pub")
-	}
+	pub, err := ensureSSHKey(filepath.Join(dir, supervisor.HostKeyFile))
 	if err != nil {
 		return err
 	}
-	line := fmt.Sprintf("[%s]:%d %s\n", host, port, strings.TrimSpace(string(pub)))
+	line := fmt.Sprintf("[%s]:%d %s\n", host, port, pub)
 	if have, err := os.ReadFile(known); err == nil && string(have) == line {
 		return nil
 	}
@@ -133,14 +126,24 @@ func (h *host) sshKey(keyPath string) (string, string, error) {
 		return keyPath, pub, err
 	}
 	keyPath = h.path("ssh", sshKeyName)
-	if pub, err := os.ReadFile(keyPath + ".pub"); err == nil {
-		return keyPath, strings.TrimSpace(string(pub)), nil
+	pub, err := ensureSSHKey(keyPath)
+	if err != nil {
+		return "", "", err
 	}
-	if err := makeSSHKey(keyPath); err != nil {
-		return "", "", fmt.Errorf("making ssh key %s: %w", keyPath, err)
+	return keyPath, pub, nil
+}
+
+// ensureSSHKey returns the public key line of the ed25519 key at path,
+// making the key first when there is none.
+func ensureSSHKey(path string) (string, error) {
+	if pub, err := os.ReadFile(path + ".pub"); err == nil {
+		return strings.TrimSpace(string(pub)), nil
 	}
-	pub, err := os.ReadFile(keyPath + ".pub")
-	return keyPath, strings.TrimSpace(string(pub)), err
+	if err := makeSSHKey(path); err != nil {
+		return "", fmt.Errorf("making ssh key %s: %w", path, err)
+	}
+	pub, err := os.ReadFile(path + ".pub")
+	return strings.TrimSpace(string(pub)), err
 }
 
 // publicKeyOf reads a private key's public half from path.pub, or derives

@@ -208,14 +208,21 @@ func List(ctx context.Context, opt ...Option) ([]Info, error) {
 
 // get loads a VM's row, reconciled with what really runs.
 func (h *host) get(ctx context.Context, id string) (store.VM, error) {
-	r, err := h.store.GetVM(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		return r, fmt.Errorf("vm %s: %w", id, ErrNotFound)
-	}
+	r, err := h.row(ctx, id)
 	if err != nil {
 		return r, err
 	}
 	return h.reconcile(ctx, r), nil
+}
+
+// row reads a VM's row as it is, without asking whether its supervisor
+// still runs.
+func (h *host) row(ctx context.Context, id string) (store.VM, error) {
+	r, err := h.store.GetVM(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return r, fmt.Errorf("vm %s: %w", id, ErrNotFound)
+	}
+	return r, err
 }
 
 func (h *host) info(r store.VM) Info {

@@ -66,6 +66,12 @@ func (s *server) prepareExec(req *agentproto.ExecRequest) (execSpec, error) {
 		return execSpec{}, fmt.Errorf("exec: working directory %q is not absolute", spec.dir)
 	}
 	spec.path = lookPath(req.Argv[0], envGet(spec.env, "PATH"))
+	if spec.path == "" {
+		// Not found: say so of the directory if that is what is wrong.
+		if err := checkDir(spec.dir); err != nil {
+			return execSpec{}, err
+		}
+	}
 	return spec, nil
 }
 
@@ -155,10 +161,6 @@ func (s *server) exec(ctx context.Context, st net.Conn, c *agentproto.Conn, req 
 		return
 	}
 	if spec.path == "" {
-		if derr := checkDir(spec.dir); derr != nil {
-			replyError(c, derr)
-			return
-		}
 		notRunnable(c, req, 127, req.Argv[0]+": command not found")
 		return
 	}

@@ -168,9 +168,6 @@ func (s *server) procStart(c *agentproto.Conn, req *agentproto.Request) error {
 		return err
 	}
 	if spec.path == "" {
-		if err := checkDir(spec.dir); err != nil {
-			return err
-		}
 		return fmt.Errorf("%s: command not found", x.Argv[0])
 	}
 	eio, err := newExecIO(&x)
