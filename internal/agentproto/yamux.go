@@ -67,14 +67,15 @@ const UpdateHold = 50 * time.Millisecond
 //
 // Only the session's send loop may call Write (yamux writes from one
 // goroutine); Read may be called concurrently by its receive loop.
-func JoinWrites(rwc io.ReadWriteCloser, holdFor time.Duration) io.ReadWriteCloser {
-	j := &joinWriter{rwc: rwc, holdFor: holdFor}
-	j.timer = time.AfterFunc(time.Hour, j.flushHeld)
+func JoinWrites(rwc io.ReadWriteCloser, holdFor time.Duration) *JoinWriter {
+	j := &JoinWriter{rwc: rwc, holdFor: holdFor}
+	j.timer = time.AfterFunc(time.Hour, j.Flush)
 	j.timer.Stop()
 	return j
 }
 
-type joinWriter struct {
+// A JoinWriter is the connection JoinWrites returns.
+type JoinWriter struct {
 	rwc     io.ReadWriteCloser
 	holdFor time.Duration
 	timer   *time.Timer // flushes held window updates after holdFor
@@ -87,7 +88,7 @@ type joinWriter struct {
 	err   error  // a write error of a flush outside Write, for the next Write
 }
 
-func (j *joinWriter) Write(p []byte) (int, error) {
+func (j *JoinWriter) Write(p []byte) (int, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.err != nil {
@@ -123,7 +124,7 @@ func (j *joinWriter) Write(p []byte) (int, error) {
 }
 
 // flush writes what is held (under mu).
-func (j *joinWriter) flush() error {
+func (j *JoinWriter) flush() error {
 	if j.armed {
 		j.armed = false
 		j.timer.Stop()
@@ -139,9 +140,10 @@ func (j *joinWriter) flush() error {
 	return err
 }
 
-// flushHeld writes held window updates, unless a data header waits for
-// its body (the send loop's next Write, coming at once, flushes them).
-func (j *joinWriter) flushHeld() {
+// Flush writes held window updates now, unless a data header waits for
+// its body (the send loop's next Write, coming at once, flushes them): for
+// a stream opened ahead of its request.
+func (j *JoinWriter) Flush() {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.want == 0 {
@@ -149,7 +151,7 @@ func (j *joinWriter) flushHeld() {
 	}
 }
 
-func (j *joinWriter) Read(p []byte) (int, error) {
+func (j *JoinWriter) Read(p []byte) (int, error) {
 	n, err := j.rwc.Read(p)
 	if n > 0 {
 		j.mu.Lock()
@@ -164,7 +166,7 @@ func (j *joinWriter) Read(p []byte) (int, error) {
 // Close closes the connection and drops what is held: the session is
 // ending, and a write to a peer that is gone could block forever. The
 // connection closes first, which ends a write in progress.
-func (j *joinWriter) Close() error {
+func (j *JoinWriter) Close() error {
 	err := j.rwc.Close()
 	j.mu.Lock()
 	defer j.mu.Unlock()

@@ -123,8 +123,8 @@ func TestJoinWrites(t *testing.T) {
 }
 
 // A held window update goes out on its own when no data frame comes: after
-// the hold, or once enough has arrived that the peer may be
-// waiting for it.
+// the hold, once enough has arrived that the peer may be waiting for it,
+// or when flushed.
 func TestJoinWritesFlushesHeldUpdates(t *testing.T) {
 	update := withFlags(header(yamuxTypeWindowUpdate, 1<<20), 0x2)
 	tests := []struct {
@@ -135,6 +135,7 @@ func TestJoinWritesFlushesHeldUpdates(t *testing.T) {
 	}{
 		{"after the hold", time.Millisecond, 0, func(io.ReadWriteCloser) {}},
 		{"when input piles up", time.Hour, readFlush, func(j io.ReadWriteCloser) { io.Copy(io.Discard, j) }},
+		{"when flushed", time.Hour, 0, func(j io.ReadWriteCloser) { j.(*JoinWriter).Flush() }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

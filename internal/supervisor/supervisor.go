@@ -40,6 +40,8 @@ type supervisor struct {
 	plan    Plan
 	inst    vmm.Instance
 	session *yamux.Session
+	chanW   *agentproto.JoinWriter // the session's connection
+	spare   chan *yamux.Stream     // a stream opened ahead for the next client (spare.go)
 	status  Status
 	net     *netState // set by setupNet
 
@@ -58,7 +60,7 @@ func Run(ctx context.Context, opts Options) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &supervisor{opts: opts, log: log.With("vm", opts.ID),
-		stopping: make(chan struct{}), exited: make(chan struct{})}
+		spare: make(chan *yamux.Stream, 1), stopping: make(chan struct{}), exited: make(chan struct{})}
 	ln, err := s.launch(ctx)
 	if err != nil {
 		s.fail(err)
@@ -66,6 +68,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer s.startSSH(ctx)() // sshfwd.go; listening before "ok"
 	s.ready("ok")
+	s.openSpare()
 	go s.serve(ln)
 	go s.watchSignals()
 	<-s.inst.Done()
@@ -196,7 +199,8 @@ func (s *supervisor) connectAgent(ctx context.Context) (agentproto.Hello, error)
 		conn.Close()
 		return r.hello, r.err
 	}
-	s.session, err = yamux.Client(agentproto.JoinWrites(bufferedConn{br, conn}, agentproto.UpdateHold), agentproto.YamuxConfig())
+	s.chanW = agentproto.JoinWrites(bufferedConn{br, conn}, agentproto.UpdateHold)
+	s.session, err = yamux.Client(s.chanW, agentproto.YamuxConfig())
 	return r.hello, err
 }
 
@@ -385,8 +389,9 @@ func (s *supervisor) handle(c net.Conn) {
 
 // proxyAgent joins a client connection to a new stream to the agent.
 func (s *supervisor) proxyAgent(c net.Conn, br *bufio.Reader) {
+	defer s.openSpare() // last, once this client is done
 	defer c.Close()
-	stream, err := s.session.OpenStream()
+	stream, err := s.agentStream()
 	if err != nil {
 		writeLine(c, reply{Error: "opening agent stream: " + err.Error()})
 		return
