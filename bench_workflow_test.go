@@ -15,16 +15,17 @@ import (
 
 // BenchmarkExecVsSSH measures, in one run on one VM: `exec true` through
 // the agent beside `ssh VM true` with OpenSSH (p50/p95 of alternating
-// samples, so drift hits both alike), then file upload and download
-// beside the raw channel rate (dd through exec stdin/stdout), each moving
-// $SMOLVM_BENCH_BYTES (default 1 GiB). The guest kernel is the one New
-// finds unless $SMOLVM_BENCH_KERNEL names one (such as the vmlinux that
-// `smolvm kernel build` installs). Run it once:
+// samples, so drift hits both alike; $SMOLVM_BENCH_SAMPLES of each, 100
+// by default, which leaves five samples above the p95 rather than two),
+// then file upload and download beside the raw channel rate (dd through
+// exec stdin/stdout), each moving $SMOLVM_BENCH_BYTES (default 1 GiB). The
+// guest kernel is the one New finds unless $SMOLVM_BENCH_KERNEL names one
+// (such as the vmlinux that `smolvm kernel build` installs). Run it once:
 //
 //	SMOLVM_VM_TESTS=1 go test -run '^$' -bench ExecVsSSH -benchtime 1x -timeout 60m .
 func BenchmarkExecVsSSH(b *testing.B) {
 	vmtest.Require(b, "ssh")
-	samples := envInt(b, "SMOLVM_BENCH_SAMPLES", 40)
+	samples := envInt(b, "SMOLVM_BENCH_SAMPLES", 100)
 	size := int64(envInt(b, "SMOLVM_BENCH_BYTES", 1<<30))
 	ctx := context.Background()
 	kernel := os.Getenv("SMOLVM_BENCH_KERNEL")
