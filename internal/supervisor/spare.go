@@ -11,14 +11,18 @@ import "github.com/hashicorp/yamux"
 // while the guest is otherwise idle, not while it serves the command.
 
 // agentStream returns the spare stream, or a new one when there is none
-// (commands run at once, or back to back).
+// (commands run at once, or back to back) or the session has ended (so
+// that the client hears why).
 func (s *supervisor) agentStream() (*yamux.Stream, error) {
 	select {
 	case st := <-s.spare:
-		return st, nil
+		if !s.session.IsClosed() {
+			return st, nil
+		}
+		st.Close()
 	default:
-		return s.session.OpenStream()
 	}
+	return s.session.OpenStream()
 }
 
 // openSpare opens the spare stream unless one is waiting already. Its

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,10 +13,10 @@ import (
 	"github.com/smolvm/smolvm/internal/agentproto"
 )
 
-// The spare stream reaches the agent before any client asks (its opening
-// is not held for a request), carries the next client's request, and is
-// replaced once that client is done.
-func TestSpareStream(t *testing.T) {
+// spareSession is a supervisor whose session runs over a pipe to an agent
+// end (the returned session), with the streams the agent accepts.
+func spareSession(t *testing.T) (*supervisor, *yamux.Session, <-chan net.Conn) {
+	t.Helper()
 	a, b := net.Pipe()
 	s := &supervisor{spare: make(chan *yamux.Stream, 1)}
 	// Held for an hour: only the flush can send a lone opening.
@@ -24,12 +25,12 @@ func TestSpareStream(t *testing.T) {
 	if s.session, err = yamux.Client(s.chanW, agentproto.YamuxConfig()); err != nil {
 		t.Fatal(err)
 	}
-	defer s.session.Close()
+	t.Cleanup(func() { s.session.Close() })
 	agent, err := yamux.Server(b, agentproto.YamuxConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer agent.Close()
+	t.Cleanup(func() { agent.Close() })
 	accepted := make(chan net.Conn, 4)
 	go func() {
 		for {
@@ -40,6 +41,14 @@ func TestSpareStream(t *testing.T) {
 			accepted <- st
 		}
 	}()
+	return s, agent, accepted
+}
+
+// The spare stream reaches the agent before any client asks (its opening
+// is not held for a request), carries the next client's request, and is
+// replaced once that client is done.
+func TestSpareStream(t *testing.T) {
+	s, _, accepted := spareSession(t)
 	acceptedStream := func(what string) net.Conn {
 		t.Helper()
 		select {
@@ -91,5 +100,26 @@ func TestSpareStream(t *testing.T) {
 	}
 	if n := len(accepted); n != 0 {
 		t.Errorf("%d more streams were opened; want one spare at a time", n)
+	}
+}
+
+// A spare left from a session that has ended is not handed out: the
+// client hears why, as without a spare.
+func TestSpareStreamAfterSessionEnds(t *testing.T) {
+	s, agent, accepted := spareSession(t)
+	s.openSpare()
+	<-accepted
+	agent.Close()
+	for deadline := time.Now().Add(10 * time.Second); !s.session.IsClosed(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the supervisor's session never noticed the agent's end")
+		}
+	}
+	client, c := net.Pipe()
+	go s.proxyAgent(c, bufio.NewReader(c))
+	defer client.Close()
+	var rep reply
+	if err := readLine(bufio.NewReader(client), &rep); err != nil || !strings.Contains(rep.Error, "session shutdown") {
+		t.Errorf("answer %+v, %v; want the session's end", rep, err)
 	}
 }
