@@ -387,7 +387,8 @@ func (s *supervisor) handle(c net.Conn) {
 	}
 }
 
-// proxyAgent joins a client connection to a new stream to the agent.
+// proxyAgent joins a client connection to a stream to the agent: the
+// spare one when it is ready (spare.go), else a new one.
 func (s *supervisor) proxyAgent(c net.Conn, br *bufio.Reader) {
 	defer s.openSpare() // last, once this client is done
 	defer c.Close()
